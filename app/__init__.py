@@ -1,0 +1,1 @@
+"""BookMyEvent: ticket booking for events with limited places."""

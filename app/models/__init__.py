@@ -1,0 +1,21 @@
+"""SQLAlchemy models: the tables. Import from here so every table is registered."""
+
+from app.models.accounts import RefreshToken, Role, User
+from app.models.base import Base, utcnow
+from app.models.bookings import (
+    Booking,
+    BookingStatus,
+    IdempotencyKey,
+    Payment,
+    PaymentKind,
+    PaymentStatus,
+    Ticket,
+    TicketStatus,
+)
+from app.models.catalogue import Event, EventStatus, Seat, SeatStatus, Venue
+
+__all__ = [
+    "Base", "Booking", "BookingStatus", "Event", "EventStatus", "IdempotencyKey", "Payment",
+    "PaymentKind", "PaymentStatus", "RefreshToken", "Role", "Seat", "SeatStatus", "Ticket",
+    "TicketStatus", "User", "Venue", "utcnow",
+]

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, BigId, UTCDateTime, utcnow
+
+
+class BookingStatus:
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+
+
+class PaymentKind:
+    CHARGE = "CHARGE"
+    REFUND = "REFUND"
+
+
+class PaymentStatus:
+    CAPTURED = "CAPTURED"
+    REFUNDED = "REFUNDED"
+
+
+class TicketStatus:
+    VALID = "VALID"
+    VOID = "VOID"
+
+
+class Booking(Base):
+    """A hold (PENDING, until `expires_at`) or a purchase (CONFIRMED) of places."""
+
+    __tablename__ = "bookings"
+    __table_args__ = (
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        # The sweeper's and the reserve path's look-up of expired holds.
+        Index("ix_bookings_event_status_expires", "event_id", "status", "expires_at"),
+        Index("ix_bookings_status_expires", "status", "expires_at"),
+        Index("ix_bookings_user_created", "user_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    reference: Mapped[str] = mapped_column(String(16), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"))
+    status: Mapped[str] = mapped_column(String(16), default=BookingStatus.PENDING)
+    quantity: Mapped[int] = mapped_column(Integer)
+    # The seats this booking holds or held (history survives release); None for GA.
+    seat_ids: Mapped[list[int] | None] = mapped_column(JSON)
+    total_cents: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ticket_code: Mapped[str | None] = mapped_column(String(43), unique=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+    __table_args__ = (
+        # Backstop for "never charges twice": one charge and one refund per booking.
+        UniqueConstraint("booking_id", "kind", name="uq_payments_booking_kind"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    transaction_id: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Ticket(Base):
+    """One admission. `code` is 128 random bits looked up here: unguessable and revocable."""
+
+    __tablename__ = "tickets"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    code: Mapped[str] = mapped_column(String(43), unique=True)
+    seat_id: Mapped[int | None] = mapped_column(ForeignKey("seats.id"))
+    status: Mapped[str] = mapped_column(String(16), default=TicketStatus.VALID)
+
+
+class IdempotencyKey(Base):
+    """A caller's idempotency key, claimed before the operation runs in the same
+    transaction, so two concurrent requests with one key have one effect."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("user_id", "key", name="uq_idempotency_keys_user_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    key: Mapped[str] = mapped_column(String(200))
+    operation: Mapped[str] = mapped_column(String(32))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

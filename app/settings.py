@@ -1,0 +1,113 @@
+"""Settings, read once from the environment (and a `.env` file in the working directory).
+
+The defaults make the embedded mode work with no configuration: SQLite file, in-process
+pub/sub and limits, a development JWT secret. Setting DATABASE_URL or REDIS_URL switches
+to production mode, where the development secret is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEV_JWT_SECRET = "bookmyevent-development-secret-do-not-use-in-production"
+
+
+def _load_dotenv(path: Path = Path(".env")) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+class ConfigurationError(RuntimeError):
+    """The environment asks for something the service refuses to run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite+aiosqlite:///./bookmyevent.db"
+    redis_url: str | None = None
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_algorithm: str = "HS256"
+    access_token_ttl_seconds: int = 900
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    hold_ttl_seconds: int = 300
+    waitlist_offer_ttl_seconds: int = 600
+    reserve_rate_limit_per_minute: int = 10
+    sweep_interval_seconds: float = 5.0
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    public_url: str = ""
+    # argon2 cost; tests lower it, production keeps the library's defaults.
+    argon2_time_cost: int = 3
+    argon2_memory_cost: int = 65536
+    max_query_depth: int = 12
+    max_aliases: int = 30
+    db_pool_size: int = 20
+    db_max_overflow: int = 20
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def production(self) -> bool:
+        return not self.is_sqlite or self.redis_url is not None
+
+    def check(self) -> None:
+        """Refuse configurations that would be unsafe in production."""
+        if self.production and self.jwt_secret == DEV_JWT_SECRET:
+            raise ConfigurationError(
+                "JWT_SECRET must be set when DATABASE_URL or REDIS_URL select production mode"
+            )
+        if len(self.jwt_secret) < 32 and self.production:
+            raise ConfigurationError("JWT_SECRET must be at least 32 characters long")
+
+
+_FIELDS = {
+    "DATABASE_URL": ("database_url", str),
+    "REDIS_URL": ("redis_url", str),
+    "JWT_SECRET": ("jwt_secret", str),
+    "ACCESS_TOKEN_TTL_SECONDS": ("access_token_ttl_seconds", int),
+    "REFRESH_TOKEN_TTL_SECONDS": ("refresh_token_ttl_seconds", int),
+    "HOLD_TTL_SECONDS": ("hold_ttl_seconds", int),
+    "WAITLIST_OFFER_TTL_SECONDS": ("waitlist_offer_ttl_seconds", int),
+    "RESERVE_RATE_LIMIT_PER_MINUTE": ("reserve_rate_limit_per_minute", int),
+    "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds", float),
+    "HOST": ("host", str),
+    "PORT": ("port", int),
+    "WORKERS": ("workers", int),
+    "PUBLIC_URL": ("public_url", str),
+    "ARGON2_TIME_COST": ("argon2_time_cost", int),
+    "ARGON2_MEMORY_COST": ("argon2_memory_cost", int),
+    "MAX_QUERY_DEPTH": ("max_query_depth", int),
+    "MAX_ALIASES": ("max_aliases", int),
+    "DB_POOL_SIZE": ("db_pool_size", int),
+    "DB_MAX_OVERFLOW": ("db_max_overflow", int),
+}
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Build settings from `.env` overlaid with the process environment."""
+    source = {**_load_dotenv(), **(os.environ if environ is None else environ)}
+    values: dict[str, object] = {}
+    for env_name, (attr, kind) in _FIELDS.items():
+        raw = source.get(env_name)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[attr] = kind(raw)
+        except ValueError as exc:
+            raise ConfigurationError(f"{env_name}={raw!r} is not a valid {kind.__name__}") from exc
+    url = values.get("database_url")
+    if isinstance(url, str) and url.startswith(("postgres://", "postgresql://")):
+        values["database_url"] = "postgresql+asyncpg://" + url.split("://", 1)[1]
+    return Settings(**values)  # type: ignore[arg-type]
