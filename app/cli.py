@@ -1,0 +1,116 @@
+"""The `bookmyevent` command: serve, migrate, seed-demo, create-admin, schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from app.settings import ConfigurationError, Settings, load_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def migrate(settings: Settings) -> None:
+    """Bring the database schema to the newest migration (alembic owns the schema)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.attributes["database_url"] = settings.database_url
+    config.attributes["configure_logging"] = False
+    command.upgrade(config, "head")
+
+
+async def _with_session(settings: Settings, work):  # type: ignore[no-untyped-def]
+    from app.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            result = await work(session)
+            await session.commit()
+            return result
+    finally:
+        await engine.dispose()
+
+
+def seed_demo(settings: Settings) -> bool:
+    from app.services.demo import seed_demo as seed
+
+    return asyncio.run(_with_session(settings, seed))
+
+
+def create_admin(settings: Settings, email: str, password: str, name: str) -> None:
+    from app.models import Role
+    from app.services.accounts import create_user
+
+    asyncio.run(_with_session(settings, lambda session: create_user(
+        session, email=email, password=password, name=name, role=Role.ADMIN, settings=settings)))
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    settings.check()
+    migrate(settings)
+    workers = settings.workers
+    if not settings.production:
+        if seed_demo(settings):
+            print("Seeded demo venues and events.", file=sys.stderr)
+        if workers > 1:  # in-process pub/sub cannot reach other processes
+            print("Embedded mode runs one worker; set DATABASE_URL and REDIS_URL for more.",
+                  file=sys.stderr)
+            workers = 1
+    print(f"GraphQL on http://{settings.host}:{settings.port}/graphql", file=sys.stderr)
+    uvicorn.run("app.web:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=workers, ws_per_message_deflate=False, log_level="info", access_log=False)
+
+
+def schema_sdl() -> str:
+    from app.schema.schema import create_schema
+
+    return create_schema(load_settings()).as_str()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bookmyevent", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="migrate, seed demo data in embedded mode, and serve")
+    commands.add_parser("migrate", help="apply database migrations")
+    commands.add_parser("seed-demo", help="create demo venues and events if there are none")
+    admin = commands.add_parser("create-admin", help="create an administrator account")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--password", required=True)
+    admin.add_argument("--name", default="Administrator")
+    commands.add_parser("schema", help="print the GraphQL schema (SDL)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from app.errors import DomainError
+
+    try:
+        settings = load_settings()
+        if args.command == "serve":
+            serve(settings)
+        elif args.command == "migrate":
+            migrate(settings)
+        elif args.command == "seed-demo":
+            migrate(settings)
+            print("Seeded." if seed_demo(settings) else "Events exist already; nothing seeded.")
+        elif args.command == "create-admin":
+            migrate(settings)
+            create_admin(settings, args.email, args.password, args.name)
+            print(f"Administrator {args.email} created.")
+        elif args.command == "schema":
+            print(schema_sdl())
+    except (ConfigurationError, DomainError) as error:
+        print(f"bookmyevent: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Publish/subscribe between instances, and fan-out to websocket subscribers in this process.
+
+Shape (see DESIGN.md "Realtime"): per process, one `broadcaster` subscription per channel
+feeds every local subscriber of that channel; each subscriber holds a latest-value slot,
+not a queue, so a slow client skips to the newest state instead of growing a backlog.
+Redis traffic grows with channels, not connections.
+
+`broadcaster`'s own Redis backend delivers nothing with redis-py 8 and never reconnects,
+so production uses `ReconnectingRedisBackend` below: it resubscribes after Redis comes
+back and tells every channel to resynchronise (subscribers then send a fresh snapshot).
+Publishing never fails a request: the commit already happened, and a missed message is
+repaired by the snapshot that follows a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from broadcaster import Broadcast
+from broadcaster._backends.base import BroadcastBackend
+from broadcaster._base import Event as BroadcastEvent
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+RESYNC = "__resync__"  # sent on every channel after the backend lost messages
+Message = dict[str, Any]
+Merge = Callable[[Message, Message], Message]
+
+
+class ReconnectingRedisBackend(BroadcastBackend):
+    """A broadcaster backend on redis.asyncio that survives Redis restarts."""
+
+    def __init__(self, url: str, *, retry_seconds: float = 0.5) -> None:
+        self._url = url
+        self._retry_seconds = retry_seconds
+        self._channels: set[str] = set()
+        self._queue: asyncio.Queue[BroadcastEvent] = asyncio.Queue()
+        self._pubsub: Any = None
+        self._listener: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        self._publisher = aioredis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
+        self._listener = asyncio.create_task(self._listen(), name="redis-pubsub-listener")
+
+    async def disconnect(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._publisher.aclose()
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):  # the listener resubscribes on reconnect
+                await self._pubsub.subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.unsubscribe(channel)
+
+    async def publish(self, channel: str, message: Any) -> None:
+        await self._publisher.publish(channel, message)
+
+    async def next_published(self) -> BroadcastEvent:
+        return await self._queue.get()
+
+    async def _listen(self) -> None:
+        connected_before = False
+        while True:
+            client = aioredis.Redis.from_url(self._url, socket_connect_timeout=2)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                # A dummy channel keeps the connection subscribed (and readable) while no
+                # real channel is; real channels are (re)subscribed in one command.
+                await pubsub.subscribe("bookmyevent:listener", *self._channels)
+                self._pubsub = pubsub
+                if connected_before:
+                    logger.warning("Redis pub/sub reconnected; resynchronising %d channels",
+                                   len(self._channels))
+                    for channel in list(self._channels):
+                        self._queue.put_nowait(BroadcastEvent(channel, RESYNC))
+                connected_before = True
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is not None and message["type"] == "message":
+                        self._queue.put_nowait(BroadcastEvent(message["channel"].decode(),
+                                                              message["data"].decode()))
+            except (RedisError, OSError) as error:
+                logger.warning("Redis pub/sub connection lost (%s); retrying", error)
+            finally:
+                self._pubsub = None
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            await asyncio.sleep(self._retry_seconds)
+
+
+class Slot:
+    """One subscriber's mailbox: the merged state of everything it has not read yet."""
+
+    def __init__(self, merge: Merge) -> None:
+        self._merge = merge
+        self._pending: Message | None = None
+        self._resync = False
+        self._ready = asyncio.Event()
+        self.coalesced = 0  # messages folded into a later one because the reader was behind
+
+    def put(self, message: Message) -> None:
+        if self._pending is None:
+            self._pending = message
+        else:
+            self._pending = self._merge(self._pending, message)
+            self.coalesced += 1
+        self._ready.set()
+
+    def resync(self) -> None:
+        self._pending = None
+        self._resync = True
+        self._ready.set()
+
+    async def next(self) -> Message | None:
+        """The next merged message, or None when the subscriber must resend a snapshot."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            if self._resync:
+                self._resync = False
+                return None
+            if self._pending is not None:
+                message, self._pending = self._pending, None
+                return message
+
+
+@dataclass
+class _Channel:
+    slots: set[Slot] = field(default_factory=set)
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    pump: asyncio.Task[None] | None = None
+
+
+class Broker:
+    """This process's connection to pub/sub: `memory://` in embedded mode, Redis otherwise."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        backend = ReconnectingRedisBackend(url) if url.startswith(("redis://", "rediss://")) else None
+        self._broadcast = Broadcast(backend=backend) if backend else Broadcast(url)
+        self._channels: dict[str, _Channel] = {}
+
+    async def start(self) -> None:
+        await self._broadcast.connect()
+
+    async def stop(self) -> None:
+        for channel in list(self._channels.values()):
+            if channel.pump is not None:
+                channel.pump.cancel()
+        await self._broadcast.disconnect()
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(channel.slots) for channel in self._channels.values())
+
+    async def publish(self, channel: str, message: Message) -> None:
+        try:
+            await self._broadcast.publish(channel, json.dumps(message))
+        except (RedisError, OSError) as error:
+            logger.warning("Could not publish on %s (%s): subscribers resync on reconnect", channel, error)
+
+    async def publish_all(self, messages: list[tuple[str, Message]]) -> None:
+        for channel, message in messages:
+            await self.publish(channel, message)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel_name: str, merge: Merge) -> AsyncIterator[Slot]:
+        """A slot that receives every message of the channel from now on, merged while unread.
+        Returns once the channel is subscribed, so a snapshot read afterwards misses nothing."""
+        channel = self._channels.get(channel_name)
+        if channel is None:
+            channel = self._channels[channel_name] = _Channel()
+            channel.pump = asyncio.create_task(self._pump(channel_name, channel))
+        slot = Slot(merge)
+        channel.slots.add(slot)
+        try:
+            await channel.subscribed.wait()
+            yield slot
+        finally:
+            channel.slots.discard(slot)
+            if not channel.slots and self._channels.get(channel_name) is channel:
+                del self._channels[channel_name]
+                assert channel.pump is not None
+                channel.pump.cancel()
+
+    async def _pump(self, channel_name: str, channel: _Channel) -> None:
+        async with self._broadcast.subscribe(channel_name) as subscriber:
+            channel.subscribed.set()
+            async for event in subscriber:  # type: ignore[union-attr]
+                assert event is not None
+                if event.message == RESYNC:
+                    for slot in list(channel.slots):
+                        slot.resync()
+                    continue
+                message = json.loads(event.message)
+                for slot in list(channel.slots):
+                    slot.put(message)

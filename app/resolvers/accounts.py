@@ -1,0 +1,58 @@
+"""Account queries and mutations."""
+
+from __future__ import annotations
+
+import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.resolvers.base import run_mutation
+from app.schema.accounts import AuthPayload, LoginInput, LogoutPayload, RegisterInput, User
+from app.services import accounts
+
+
+def _signed_in(session: accounts.Session) -> AuthPayload:
+    return AuthPayload(access_token=session.access_token, refresh_token=session.refresh_token,
+                       user=User.from_model(session.user))
+
+
+@strawberry.type
+class AccountQuery:
+    @strawberry.field(description="The signed-in user; null when anonymous or the token is bad.")
+    async def me(self, info: strawberry.Info) -> User | None:
+        identity = info.context.identity
+        if identity is None:
+            return None
+        user = await info.context.loaders.user.load(identity.user_id)
+        return User.from_model(user) if user else None
+
+
+@strawberry.type
+class AccountMutation:
+    @strawberry.mutation(description="Create a USER account and sign it in.")
+    async def register(self, info: strawberry.Info, input: RegisterInput) -> AuthPayload:
+        async def work(session: AsyncSession) -> AuthPayload:
+            return _signed_in(await accounts.register(
+                session, email=input.email, password=input.password, name=input.name,
+                settings=info.context.settings))
+        return await run_mutation(info, AuthPayload, work)
+
+    @strawberry.mutation
+    async def login(self, info: strawberry.Info, input: LoginInput) -> AuthPayload:
+        async def work(session: AsyncSession) -> AuthPayload:
+            return _signed_in(await accounts.login(
+                session, email=input.email, password=input.password, settings=info.context.settings))
+        return await run_mutation(info, AuthPayload, work)
+
+    @strawberry.mutation(description="Rotate: the refresh token given dies, a new pair is issued.")
+    async def refresh_token(self, info: strawberry.Info, refresh_token: str) -> AuthPayload:
+        async def work(session: AsyncSession) -> AuthPayload:
+            return _signed_in(await accounts.refresh(
+                session, refresh_token=refresh_token, settings=info.context.settings))
+        return await run_mutation(info, AuthPayload, work)
+
+    @strawberry.mutation(description="End the session this refresh token belongs to.")
+    async def logout(self, info: strawberry.Info, refresh_token: str) -> LogoutPayload:
+        async def work(session: AsyncSession) -> LogoutPayload:
+            await accounts.logout(session, refresh_token=refresh_token)
+            return LogoutPayload(ok=True)
+        return await run_mutation(info, LogoutPayload, work)

@@ -1,0 +1,40 @@
+"""The one place where a mutation's unit of work is run and its errors mapped."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import DomainError
+from app.resolvers.context import Context
+from app.schema.common import UserError
+from app.services import outbox
+
+Payload = TypeVar("Payload")
+
+
+async def run_mutation(
+    info: strawberry.Info[Context, Any],
+    payload_type: Callable[..., Payload],
+    work: Callable[[AsyncSession], Awaitable[Payload]],
+) -> Payload:
+    """Run `work` in one transaction. On success commit, then publish what it recorded.
+    A `DomainError` becomes the payload's `errors` (rolled back unless it asks to keep its
+    changes); anything else rolls back and surfaces as a masked server error."""
+    services = info.context.services
+    async with services.sessionmaker() as session:
+        try:
+            payload = await work(session)
+        except DomainError as error:
+            if error.keep_changes:
+                await session.commit()
+                await services.broker.publish_all(outbox.take(session))
+            else:
+                await session.rollback()
+            return payload_type(errors=[UserError.from_domain(error)])
+        await session.commit()
+    await services.broker.publish_all(outbox.take(session))
+    return payload

@@ -1,0 +1,101 @@
+"""Booking queries and mutations: reserve, confirm, cancel, expire."""
+
+from __future__ import annotations
+
+import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import id_or_none, parse_id
+from app.resolvers.base import run_mutation
+from app.schema.bookings import (
+    Booking,
+    BookingConnection,
+    BookingEdge,
+    BookingStatus,
+    CancelInput,
+    CancelPayload,
+    ConfirmInput,
+    ConfirmPayload,
+    ExpirePayload,
+    Payment,
+    ReserveInput,
+    ReservePayload,
+)
+from app.schema.common import PageInfo
+from app.services import bookings
+
+
+@strawberry.type
+class BookingQuery:
+    @strawberry.field(description="Its owner or an admin sees it; anyone else gets null.")
+    async def booking(self, info: strawberry.Info, id: strawberry.ID) -> Booking | None:
+        booking_id = id_or_none(id)
+        if booking_id is None or info.context.identity is None:
+            return None
+        async with info.context.read_session() as session:
+            booking = await bookings.get_booking(session, caller=info.context.identity,
+                                                 booking_id=booking_id)
+        return Booking.from_model(booking) if booking else None
+
+    @strawberry.field(description="The signed-in user's bookings, newest first.")
+    async def my_bookings(self, info: strawberry.Info, status: BookingStatus | None = None,
+                          first: int = 20, after: str | None = None) -> BookingConnection:
+        identity = info.context.identity
+        if identity is None:
+            return BookingConnection(edges=[], total_count=0,
+                                     page_info=PageInfo(has_next_page=False, end_cursor=None))
+        async with info.context.read_session() as session:
+            page = await bookings.list_bookings(session, user_id=identity.user_id,
+                                                status=status.value if status else None,
+                                                first=first, after=after)
+        edges = [BookingEdge(cursor=bookings.encode_booking_cursor(b), node=Booking.from_model(b))
+                 for b in page.items]
+        return BookingConnection(edges=edges, total_count=page.total_count, page_info=PageInfo(
+            has_next_page=page.has_next_page, end_cursor=edges[-1].cursor if edges else None))
+
+
+@strawberry.type
+class BookingMutation:
+    @strawberry.mutation(description="Hold places: a PENDING booking that lapses at expiresAt.")
+    async def reserve_seats(self, info: strawberry.Info, input: ReserveInput) -> ReservePayload:
+        async def work(session: AsyncSession) -> ReservePayload:
+            identity = info.context.require_user()
+            seat_ids = None
+            if input.seat_ids is not None:
+                seat_ids = [parse_id(seat_id, "seatIds") for seat_id in input.seat_ids]
+            booking = await bookings.reserve(
+                session, user_id=identity.user_id, event_id=parse_id(input.event_id, "eventId"),
+                quantity=input.quantity, seat_ids=seat_ids, idempotency_key=input.idempotency_key,
+                expected_version=input.expected_version,
+                hold_ttl_seconds=info.context.settings.hold_ttl_seconds)
+            return ReservePayload(booking=Booking.from_model(booking))
+        return await run_mutation(info, ReservePayload, work)
+
+    @strawberry.mutation(description="Pay for a hold and get tickets.")
+    async def confirm_booking(self, info: strawberry.Info, input: ConfirmInput) -> ConfirmPayload:
+        async def work(session: AsyncSession) -> ConfirmPayload:
+            booking, payment = await bookings.confirm(
+                session, caller=info.context.require_user(),
+                booking_id=parse_id(input.booking_id, "bookingId"),
+                payment_token=input.payment_token, payment_method=input.payment_method or "card",
+                idempotency_key=input.idempotency_key, gateway=info.context.services.gateway)
+            return ConfirmPayload(booking=Booking.from_model(booking), payment=Payment.from_model(payment))
+        return await run_mutation(info, ConfirmPayload, work)
+
+    @strawberry.mutation(description="Cancel a hold or a confirmed booking (refunded).")
+    async def cancel_booking(self, info: strawberry.Info, input: CancelInput) -> CancelPayload:
+        async def work(session: AsyncSession) -> CancelPayload:
+            booking, refund = await bookings.cancel(
+                session, caller=info.context.require_user(),
+                booking_id=parse_id(input.booking_id, "bookingId"),
+                idempotency_key=input.idempotency_key, gateway=info.context.services.gateway)
+            return CancelPayload(booking=Booking.from_model(booking),
+                                 refund=Payment.from_model(refund) if refund else None)
+        return await run_mutation(info, CancelPayload, work)
+
+    @strawberry.mutation(description="Admin only: expire lapsed holds now (the sweeper also does).")
+    async def expire_reservations(self, info: strawberry.Info) -> ExpirePayload:
+        async def work(session: AsyncSession) -> ExpirePayload:
+            info.context.require_admin()
+            return ExpirePayload(expired=await bookings.expire_lapsed(session))
+        return await run_mutation(info, ExpirePayload, work)

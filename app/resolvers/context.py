@@ -1,0 +1,103 @@
+"""What every resolver gets: the application's services, the caller, per-request loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from strawberry.dataloader import DataLoader
+
+from app.errors import DomainError, ErrorCode
+from app.models import Booking, Event, Seat, Ticket, User, Venue, utcnow
+from app.pubsub import Broker
+from app.services import bookings, inventory
+from app.services.accounts import Identity
+from app.services.payments import PaymentGateway
+from app.settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass
+class AppServices:
+    """Built once at startup and shared by every request."""
+
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    gateway: PaymentGateway
+    broker: Broker
+
+
+class Loaders:
+    """DataLoaders, new for every request, each batch in its own short read session."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+        self.venue = DataLoader(self._by_id(Venue))
+        self.event = DataLoader(self._by_id(Event))
+        self.user = DataLoader(self._by_id(User))
+        self.booking = DataLoader(self._by_id(Booking))
+        self.lapsed_places: DataLoader[int, int] = DataLoader(self._lapsed_places)
+        self.seat: DataLoader[int, tuple[Seat, str] | None] = DataLoader(self._seats)
+        self.tickets: DataLoader[int, list[Ticket]] = DataLoader(self._tickets)
+
+    async def _read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        async with self._sessionmaker() as session:
+            return await work(session)
+
+    def _by_id(self, model: Any) -> Callable[[Sequence[int]], Awaitable[list[Any]]]:
+        async def load(ids: Sequence[int]) -> list[Any]:
+            async def work(session: AsyncSession) -> list[Any]:
+                found = {row.id: row for row in await session.scalars(select(model).where(model.id.in_(ids)))}
+                return [found.get(i) for i in ids]
+            return await self._read(work)
+        return load
+
+    async def _lapsed_places(self, event_ids: Sequence[int]) -> list[int]:
+        places = await self._read(lambda s: inventory.lapsed_places(s, event_ids, utcnow()))
+        return [places.get(i, 0) for i in event_ids]
+
+    async def _seats(self, seat_ids: Sequence[int]) -> list[tuple[Seat, str] | None]:
+        seats = await self._read(lambda s: inventory.seats_by_ids(s, seat_ids, utcnow()))
+        return [seats.get(i) for i in seat_ids]
+
+    async def _tickets(self, booking_ids: Sequence[int]) -> list[list[Ticket]]:
+        tickets = await self._read(lambda s: bookings.tickets_of(s, list(booking_ids)))
+        return [tickets.get(i, []) for i in booking_ids]
+
+
+class Context:
+    """The strawberry context of one HTTP request or one websocket connection."""
+
+    def __init__(self, services: AppServices, identity: Identity | None,
+                 auth_error: DomainError | None = None, *, base_url: str = "") -> None:
+        self.services = services
+        self.base_url = base_url  # where ticket links point
+        self.settings = services.settings
+        self.identity = identity
+        # A bad token does not fail the request outright: anonymous reads still work, and
+        # anything that needs a user reports UNAUTHENTICATED with this message.
+        self.auth_error = auth_error
+        self.loaders = Loaders(services.sessionmaker)
+        self.connection_params: dict[str, Any] | None = None  # set by strawberry on websockets
+
+    def renew_loaders(self) -> None:
+        """Forget what the loaders cached (subscriptions: once per message)."""
+        self.loaders = Loaders(self.services.sessionmaker)
+
+    def read_session(self) -> AsyncSession:
+        return self.services.sessionmaker()
+
+    def require_user(self) -> Identity:
+        if self.identity is None:
+            raise self.auth_error or DomainError(ErrorCode.UNAUTHENTICATED, "Sign in first")
+        return self.identity
+
+    def require_admin(self) -> Identity:
+        identity = self.require_user()
+        if not identity.is_admin:
+            raise DomainError(ErrorCode.FORBIDDEN, "Only administrators can do this")
+        return identity

@@ -1,0 +1,85 @@
+"""Subscriptions: live availability per event, and a user's own booking changes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import strawberry
+
+from app.errors import DomainError, ErrorCode, id_or_none
+from app.models import EventStatus, utcnow
+from app.schema.bookings import Booking
+from app.schema.realtime import AvailabilityUpdate, BookingUpdate
+from app.services import catalogue, inventory, outbox
+
+
+def merge_availability(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
+    """Fold two availability messages a reader has not read yet into one: the newer state,
+    with every seat change of both (the later change of a seat wins)."""
+    if newer["version"] < older["version"]:
+        older, newer = newer, older
+    seats = {change["seatId"]: change["status"] for change in older["changedSeats"]}
+    seats.update((change["seatId"], change["status"]) for change in newer["changedSeats"])
+    return {**newer, "changedSeats": [{"seatId": s, "status": st} for s, st in seats.items()]}
+
+
+def merge_booking_updates(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
+    """Keep the latest reason per booking."""
+    merged = dict(older.get("batch") or {str(older["bookingId"]): older["reason"]})
+    merged[str(newer["bookingId"])] = newer["reason"]
+    return {"batch": merged}
+
+
+async def _snapshot(info: strawberry.Info, event_id: int) -> AvailabilityUpdate:
+    async with info.context.read_session() as session:
+        event = await catalogue.get_event(session, event_id, include_drafts=True)
+        if event is None:
+            raise DomainError(ErrorCode.NOT_FOUND, "Event not found")
+        lapsed = (await inventory.lapsed_places(session, [event_id], utcnow())).get(event_id, 0)
+    available = event.available + lapsed
+    status = EventStatus.ON_SALE if event.status == EventStatus.SOLD_OUT and available else event.status
+    return AvailabilityUpdate.from_message(
+        {"eventId": event.id, "availableSeats": available, "version": event.version,
+         "status": status, "changedSeats": []}, snapshot=True)
+
+
+@strawberry.type
+class RealtimeSubscription:
+    @strawberry.subscription(description="A snapshot at once, then every committed change in version order.")
+    async def event_availability(self, info: strawberry.Info,
+                                 event_id: strawberry.ID) -> AsyncGenerator[AvailabilityUpdate, None]:
+        parsed = id_or_none(event_id)
+        if parsed is None:
+            raise DomainError(ErrorCode.NOT_FOUND, "Event not found")
+        broker = info.context.services.broker
+        async with broker.subscribe(outbox.availability_channel(parsed), merge_availability) as slot:
+            current = await _snapshot(info, parsed)
+            yield current
+            version = current.version
+            while True:
+                message = await slot.next()
+                if message is None:  # messages may have been lost: start again from the truth
+                    current = await _snapshot(info, parsed)
+                elif message["version"] > version:
+                    current = AvailabilityUpdate.from_message(message)
+                else:
+                    continue  # already covered by the snapshot
+                version = current.version
+                yield current
+
+    @strawberry.subscription(description="The signed-in user's bookings as they change.")
+    async def my_booking_updates(self, info: strawberry.Info) -> AsyncGenerator[BookingUpdate, None]:
+        identity = info.context.require_user()
+        broker = info.context.services.broker
+        async with broker.subscribe(outbox.bookings_channel(identity.user_id), merge_booking_updates) as slot:
+            while True:
+                message = await slot.next()
+                if message is None:
+                    continue  # nothing to resend: bookings are re-read with myBookings
+                batch = message.get("batch") or {str(message["bookingId"]): message["reason"]}
+                info.context.renew_loaders()  # a websocket lives long: read each message fresh
+                for booking_id, reason in batch.items():
+                    booking = await info.context.loaders.booking.load(int(booking_id))
+                    if booking is not None:
+                        yield BookingUpdate(booking=Booking.from_model(booking), reason=reason)

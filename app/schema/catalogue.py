@@ -1,0 +1,219 @@
+"""Catalogue types: venues, events, seat maps and seats."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import strawberry
+
+from app import models
+from app.models import utcnow
+from app.schema.common import PageInfo, UserError
+from app.services import inventory
+
+
+@strawberry.enum
+class EventStatus(StrEnum):
+    DRAFT = "DRAFT"
+    ON_SALE = "ON_SALE"
+    SOLD_OUT = "SOLD_OUT"
+    CANCELLED = "CANCELLED"
+
+
+@strawberry.enum
+class SeatStatus(StrEnum):
+    AVAILABLE = "AVAILABLE"
+    HELD = "HELD"
+    BOOKED = "BOOKED"
+
+
+@strawberry.type
+class Venue:
+    id: strawberry.ID
+    name: str
+    address: str
+    city: str
+    country: str
+    capacity: int
+
+    @classmethod
+    def from_model(cls, venue: models.Venue) -> Venue:
+        return cls(id=strawberry.ID(str(venue.id)), name=venue.name, address=venue.address,
+                   city=venue.city, country=venue.country, capacity=venue.capacity)
+
+
+@strawberry.type
+class SeatRow:
+    label: str
+    seats: int
+
+
+@strawberry.type
+class Section:
+    name: str
+    price_cents: int
+    rows: list[SeatRow]
+
+    @classmethod
+    def from_stored(cls, section: dict[str, Any]) -> Section:
+        return cls(name=section["name"], price_cents=section["priceCents"],
+                   rows=[SeatRow(label=r["label"], seats=r["seats"]) for r in section["rows"]])
+
+
+@strawberry.type
+class Seat:
+    id: strawberry.ID
+    section: str
+    row: str
+    number: int
+    label: str
+    status: SeatStatus
+    price_cents: int
+
+    @classmethod
+    def from_model(cls, seat: models.Seat, status: str) -> Seat:
+        return cls(id=strawberry.ID(str(seat.id)), section=seat.section, row=seat.row, number=seat.number,
+                   label=seat.label, status=SeatStatus(status), price_cents=seat.price_cents)
+
+
+@strawberry.type
+class Event:
+    id: strawberry.ID
+    name: str
+    description: str | None
+    category: str
+    starts_at: datetime
+    ends_at: datetime
+    capacity: int
+    version: int
+    price_cents: int
+    currency: str
+    max_tickets_per_booking: int
+    model: strawberry.Private[models.Event]
+
+    @classmethod
+    def from_model(cls, event: models.Event) -> Event:
+        return cls(id=strawberry.ID(str(event.id)), name=event.name, description=event.description,
+                   category=event.category, starts_at=event.starts_at, ends_at=event.ends_at,
+                   capacity=event.capacity, version=event.version, price_cents=event.price_cents,
+                   currency=event.currency, max_tickets_per_booking=event.max_tickets_per_booking,
+                   model=event)
+
+    @strawberry.field
+    async def venue(self, info: strawberry.Info) -> Venue:
+        return Venue.from_model(await info.context.loaders.venue.load(self.model.venue_id))
+
+    @strawberry.field(description="Places free right now; holds past their expiry count as free.")
+    async def available_seats(self, info: strawberry.Info) -> int:
+        return self.model.available + await info.context.loaders.lapsed_places.load(self.model.id)
+
+    @strawberry.field
+    async def status(self, info: strawberry.Info) -> EventStatus:
+        if self.model.status == models.EventStatus.SOLD_OUT and await self.available_seats(info) > 0:
+            return EventStatus.ON_SALE  # lapsed holds not yet swept make it buyable again
+        return EventStatus(self.model.status)
+
+    @strawberry.field(description="Sections of a reserved-seating event; null for general admission.")
+    def seat_map(self) -> list[Section] | None:
+        if self.model.seat_map is None:
+            return None
+        return [Section.from_stored(section) for section in self.model.seat_map]
+
+    @strawberry.field(description="Every seat of a reserved-seating event, in best-available order.")
+    async def seats(self, info: strawberry.Info, section: str | None = None) -> list[Seat]:
+        if self.model.seat_map is None:
+            return []
+        async with info.context.read_session() as session:
+            rows = await inventory.seats_of_event(session, event_id=self.model.id, section=section,
+                                                  now=utcnow())
+        return [Seat.from_model(seat, status) for seat, status in rows]
+
+
+@strawberry.type
+class EventEdge:
+    cursor: str
+    node: Event
+
+
+@strawberry.type
+class EventConnection:
+    edges: list[EventEdge]
+    page_info: PageInfo
+    total_count: int
+
+
+@strawberry.input
+class EventFilter:
+    search: str | None = None
+    category: str | None = None
+    city: str | None = None
+    starts_after: datetime | None = None
+    starts_before: datetime | None = None
+    on_sale_only: bool = False
+
+
+@strawberry.input
+class VenueInput:
+    name: str
+    address: str
+    city: str
+    country: str
+    capacity: int
+
+
+@strawberry.input
+class SeatRowInput:
+    label: str
+    seats: int
+
+
+@strawberry.input
+class SeatSectionInput:
+    name: str
+    price_cents: int
+    rows: list[SeatRowInput]
+
+
+@strawberry.input
+class SeatMapInput:
+    sections: list[SeatSectionInput]
+
+
+@strawberry.input
+class EventInput:
+    venue_id: strawberry.ID
+    name: str
+    category: str
+    starts_at: datetime
+    ends_at: datetime
+    description: str | None = None
+    currency: str = "USD"
+    max_tickets_per_booking: int = 10
+    capacity: int | None = strawberry.field(default=None, description="General admission: places on sale")
+    price_cents: int | None = strawberry.field(default=None, description="General admission: price of a place")
+    seat_map: SeatMapInput | None = strawberry.field(default=None, description="Reserved seating")
+
+
+@strawberry.input
+class EventUpdateInput:
+    name: str | None = strawberry.UNSET
+    description: str | None = strawberry.UNSET
+    category: str | None = strawberry.UNSET
+    starts_at: datetime | None = strawberry.UNSET
+    ends_at: datetime | None = strawberry.UNSET
+    max_tickets_per_booking: int | None = strawberry.UNSET
+    price_cents: int | None = strawberry.UNSET
+
+
+@strawberry.type
+class VenuePayload:
+    venue: Venue | None = None
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class EventPayload:
+    event: Event | None = None
+    errors: list[UserError] = strawberry.field(default_factory=list)

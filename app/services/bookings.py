@@ -1,0 +1,508 @@
+"""Bookings in two phases: reserve (a PENDING hold with a TTL), then confirm (pay) or cancel.
+
+Concurrency in short (see `inventory` for the statements): a reserve inserts its PENDING
+booking, then takes the places with one conditional UPDATE of the event row, so the row
+lock is held only from that statement to the commit. Confirm, cancel and expiry lock the
+booking row first and move it by its current status, so a confirm racing an expiry or a
+second confirm has exactly one winner, and one charge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import DomainError, ErrorCode, invalid_input, not_found
+from app.models import (
+    Booking,
+    BookingStatus,
+    Event,
+    EventStatus,
+    IdempotencyKey,
+    Payment,
+    PaymentKind,
+    PaymentStatus,
+    Seat,
+    SeatStatus,
+    Ticket,
+    TicketStatus,
+    Venue,
+    utcnow,
+)
+from app.services import inventory, outbox
+from app.services.accounts import Identity
+from app.services.payments import PaymentDeclined, PaymentGateway
+
+REFERENCE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+MAX_SEATS_PER_REQUEST = 100
+EXPIRY_BATCH = 500
+
+
+def new_reference() -> str:
+    return "BME-" + "".join(secrets.choice(REFERENCE_ALPHABET) for _ in range(8))
+
+
+def record_booking_update(session: AsyncSession, booking: Booking, reason: str) -> None:
+    outbox.record(session, outbox.bookings_channel(booking.user_id),
+                  {"bookingId": booking.id, "reason": reason})
+
+
+# --- idempotency --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """A newly claimed idempotency key (`replay_booking_id` None) or an earlier answer."""
+
+    key_id: int | None
+    replay_booking_id: int | None
+
+
+async def _claim_key(
+    session: AsyncSession, *, user_id: int, key: str | None, operation: str, request: dict[str, Any]
+) -> KeyClaim | None:
+    """Claim `key` for this request before doing anything. A concurrent request with the same
+    key waits on the unique index until the first commits, then replays its answer."""
+    if key is None:
+        return None
+    if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise invalid_input("idempotencyKey", f"idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters")
+    request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    key_id = await session.scalar(
+        dialect.insert(IdempotencyKey)
+        .values(user_id=user_id, key=key, operation=operation, request_hash=request_hash,
+                created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["user_id", "key"])
+        .returning(IdempotencyKey.id)
+    )
+    if key_id is not None:
+        return KeyClaim(key_id=key_id, replay_booking_id=None)
+    earlier = await session.scalar(
+        select(IdempotencyKey).where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key))
+    assert earlier is not None
+    if earlier.operation != operation or earlier.request_hash != request_hash:
+        raise DomainError(ErrorCode.IDEMPOTENCY_KEY_REUSED,
+                          "This idempotency key was already used for a different request",
+                          field="idempotencyKey")
+    return KeyClaim(key_id=None, replay_booking_id=earlier.booking_id)
+
+
+async def _remember(session: AsyncSession, claim: KeyClaim | None, booking_id: int) -> None:
+    if claim is not None and claim.key_id is not None:
+        await session.execute(update(IdempotencyKey).where(IdempotencyKey.id == claim.key_id)
+                              .values(booking_id=booking_id))
+
+
+async def _replayed(session: AsyncSession, claim: KeyClaim | None) -> Booking | None:
+    if claim is None or claim.replay_booking_id is None:
+        return None
+    return await session.get(Booking, claim.replay_booking_id)
+
+
+# --- reserve ------------------------------------------------------------------------------
+
+def _check_request(event: Event, quantity: int | None, seat_ids: list[int] | None) -> int:
+    if seat_ids is not None:
+        if quantity is not None and quantity != len(seat_ids):
+            raise invalid_input("quantity", "Give seatIds or quantity, not both")
+        if not event.is_seated:
+            raise invalid_input("seatIds", "This event has general admission: give a quantity")
+        if not seat_ids:
+            raise invalid_input("seatIds", "Choose at least one seat")
+        if len(set(seat_ids)) != len(seat_ids):
+            raise invalid_input("seatIds", "A seat is listed twice")
+        quantity = len(seat_ids)
+    if quantity is None:
+        raise invalid_input("quantity", "Give a quantity (or seatIds on a seated event)")
+    if quantity < 1:
+        raise invalid_input("quantity", "quantity must be at least 1")
+    if quantity > event.max_tickets_per_booking:
+        raise DomainError(ErrorCode.LIMIT_EXCEEDED,
+                          f"At most {event.max_tickets_per_booking} tickets per booking",
+                          field="quantity")
+    return quantity
+
+
+def _check_event(event: Event, expected_version: int | None) -> None:
+    if event.status not in (EventStatus.ON_SALE, EventStatus.SOLD_OUT):
+        raise DomainError(ErrorCode.EVENT_NOT_ON_SALE, "This event is not on sale")
+    if expected_version is not None and expected_version != event.version:
+        raise DomainError(ErrorCode.VERSION_CONFLICT, "Availability changed since you looked",
+                          current_version=event.version)
+
+
+async def _why_not_taken(session: AsyncSession, event_id: int, now: datetime) -> DomainError:
+    """Explain a take that found nothing, from the event as it is now. The places being
+    gone is the real reason even when the caller's expected version is also stale."""
+    event = await session.scalar(select(Event).where(Event.id == event_id)
+                                 .execution_options(populate_existing=True))
+    assert event is not None
+    try:
+        _check_event(event, None)
+    except DomainError as error:
+        return error
+    available = event.available + (await inventory.lapsed_places(session, [event_id], now)).get(event_id, 0)
+    if available == 0:
+        return DomainError(ErrorCode.SOLD_OUT, "Sold out", available_seats=0)
+    return DomainError(ErrorCode.NOT_ENOUGH_SEATS, f"Only {available} left", available_seats=available)
+
+
+async def _take(
+    session: AsyncSession, *, event: Event, booking: Booking, quantity: int,
+    seat_ids: list[int] | None, expected_version: int | None,
+) -> list[tuple[int, int]] | None:
+    """Take the places for `booking`: (seat id, price) pairs on seated events, [] for general
+    admission; None, with nothing changed, when they are not there."""
+    seats: list[tuple[int, int]] = []
+    if event.is_seated:
+        if seat_ids is not None:
+            seats = await inventory.hold_seats(session, event_id=event.id, seat_ids=seat_ids,
+                                               booking_id=booking.id)
+        else:
+            seats = await inventory.hold_best_seats(session, event_id=event.id, quantity=quantity,
+                                                    booking_id=booking.id)
+        if len(seats) < quantity:
+            if seats:  # all or none: let go of the part we got
+                await inventory.set_seats_status(session, booking_id=booking.id,
+                                                 status=SeatStatus.AVAILABLE)
+            return None
+    state = await inventory.take_places(session, event_id=event.id, quantity=quantity)
+    if state is None:
+        return None
+    if expected_version is not None and state.version != expected_version + 1:
+        # The caller's optimistic check, made atomically against the version we replaced.
+        raise DomainError(ErrorCode.VERSION_CONFLICT, "Availability changed since you looked",
+                          current_version=state.version - 1)
+    inventory.record_availability(session, state, [(seat_id, SeatStatus.HELD) for seat_id, _ in seats])
+    return seats
+
+
+async def reserve(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    event_id: int,
+    quantity: int | None,
+    seat_ids: list[int] | None,
+    idempotency_key: str | None,
+    expected_version: int | None,
+    hold_ttl_seconds: int,
+    now: datetime | None = None,
+) -> Booking:
+    """Hold places for `user_id`: all of them or none, as one PENDING booking."""
+    now = now or utcnow()
+    if seat_ids is not None and len(seat_ids) > MAX_SEATS_PER_REQUEST:
+        raise invalid_input("seatIds", f"At most {MAX_SEATS_PER_REQUEST} seats per request")
+    claim = await _claim_key(session, user_id=user_id, key=idempotency_key, operation="reserve",
+                             request={"eventId": event_id, "quantity": quantity, "seatIds": seat_ids})
+    if replay := await _replayed(session, claim):
+        return replay
+    event = await session.get(Event, event_id)
+    if event is None or event.status == EventStatus.DRAFT:
+        raise not_found("Event")
+    quantity = _check_request(event, quantity, seat_ids)
+    _check_event(event, expected_version)
+
+    booking = Booking(
+        reference=new_reference(), user_id=user_id, event_id=event.id,
+        status=BookingStatus.PENDING, quantity=quantity, seat_ids=None,
+        total_cents=event.price_cents * quantity, currency=event.currency, created_at=now,
+        expires_at=now + timedelta(seconds=hold_ttl_seconds), version=1,
+    )
+    session.add(booking)
+    await session.flush()
+
+    seats = await _take(session, event=event, booking=booking, quantity=quantity,
+                        seat_ids=seat_ids, expected_version=expected_version)
+    if seats is None and await expire_lapsed(session, now=now, event_id=event.id):
+        # Lapsed holds were in the way: they are returned now (one version step of our own),
+        # so try once more.
+        seats = await _take(session, event=event, booking=booking, quantity=quantity,
+                            seat_ids=seat_ids,
+                            expected_version=None if expected_version is None else expected_version + 1)
+    if seats is None:
+        if seat_ids is not None:
+            raise DomainError(ErrorCode.SEATS_UNAVAILABLE,
+                              "Some of the chosen seats were just taken: choose others",
+                              field="seatIds")
+        raise await _why_not_taken(session, event.id, now)
+    if event.is_seated:
+        booking.seat_ids = sorted(seat_id for seat_id, _ in seats)
+        booking.total_cents = sum(price for _, price in seats)
+    await _remember(session, claim, booking.id)
+    await session.flush()
+    return booking
+
+
+# --- confirm and cancel -------------------------------------------------------------------
+
+async def _booking_for_update(session: AsyncSession, booking_id: int, caller: Identity, *,
+                              owner_only: bool) -> Booking:
+    booking = await session.scalar(
+        select(Booking).where(Booking.id == booking_id).with_for_update()
+        .execution_options(populate_existing=True))
+    allowed = booking is not None and (
+        booking.user_id == caller.user_id or (caller.is_admin and not owner_only))
+    if not allowed:
+        raise not_found("Booking")  # not FORBIDDEN: do not reveal that it exists
+    assert booking is not None
+    return booking
+
+
+async def payment_of(session: AsyncSession, booking_id: int, kind: str) -> Payment | None:
+    return await session.scalar(select(Payment).where(Payment.booking_id == booking_id,
+                                                      Payment.kind == kind))
+
+
+async def confirm(
+    session: AsyncSession,
+    *,
+    caller: Identity,
+    booking_id: int,
+    payment_token: str,
+    payment_method: str,
+    idempotency_key: str | None,
+    gateway: PaymentGateway,
+    now: datetime | None = None,
+) -> tuple[Booking, Payment]:
+    """Pay for a hold and turn it into tickets. A declined payment leaves the hold as it is."""
+    now = now or utcnow()
+    if not payment_token.strip() or len(payment_token) > 200:
+        raise invalid_input("paymentToken", "paymentToken is required (at most 200 characters)")
+    if not payment_method.strip() or len(payment_method) > 32:
+        raise invalid_input("paymentMethod", "paymentMethod must be 1 to 32 characters")
+    claim = await _claim_key(session, user_id=caller.user_id, key=idempotency_key, operation="confirm",
+                             request={"bookingId": booking_id})
+    if replay := await _replayed(session, claim):
+        charge = await payment_of(session, replay.id, PaymentKind.CHARGE)
+        assert charge is not None
+        return replay, charge
+
+    booking = await _booking_for_update(session, booking_id, caller, owner_only=True)
+    if booking.status == BookingStatus.EXPIRED or (
+        booking.status == BookingStatus.PENDING and booking.expires_at is not None
+        and booking.expires_at <= now
+    ):
+        raise DomainError(ErrorCode.RESERVATION_EXPIRED, "This hold has expired: reserve again")
+    if booking.status != BookingStatus.PENDING:
+        raise DomainError(ErrorCode.INVALID_STATE, f"This booking is {booking.status.lower()}")
+
+    try:
+        charged = await gateway.charge(amount_cents=booking.total_cents, currency=booking.currency,
+                                       token=payment_token, reference=booking.reference)
+    except PaymentDeclined as declined:
+        raise DomainError(ErrorCode.PAYMENT_DECLINED, str(declined), field="paymentToken") from None
+    payment = Payment(booking_id=booking.id, kind=PaymentKind.CHARGE,
+                      transaction_id=charged.transaction_id, status=PaymentStatus.CAPTURED,
+                      amount_cents=charged.amount_cents, method=payment_method, created_at=now)
+    session.add(payment)
+    booking.status = BookingStatus.CONFIRMED
+    booking.confirmed_at = now
+    booking.expires_at = None
+    booking.ticket_code = secrets.token_urlsafe(32)
+    booking.version += 1
+    seat_ids: list[int | None] = list(booking.seat_ids) if booking.seat_ids else [None] * booking.quantity
+    session.add_all(Ticket(booking_id=booking.id, code=secrets.token_urlsafe(32), seat_id=seat_id,
+                           status=TicketStatus.VALID) for seat_id in seat_ids)
+    if booking.seat_ids:
+        changed = await inventory.set_seats_status(session, booking_id=booking.id, status=SeatStatus.BOOKED)
+        inventory.record_availability(session, await inventory.bump_version(session, event_id=booking.event_id),
+                                      changed)
+    await _remember(session, claim, booking.id)
+    await session.flush()
+    record_booking_update(session, booking, BookingStatus.CONFIRMED)
+    return booking, payment
+
+
+async def _void(session: AsyncSession, booking: Booking, gateway: PaymentGateway,
+                now: datetime) -> Payment | None:
+    """Cancel a PENDING or CONFIRMED booking: refund what was paid, void its tickets."""
+    refund = None
+    if booking.status == BookingStatus.CONFIRMED:
+        charge = await payment_of(session, booking.id, PaymentKind.CHARGE)
+        assert charge is not None
+        refunded = await gateway.refund(transaction_id=charge.transaction_id,
+                                        amount_cents=charge.amount_cents, currency=booking.currency)
+        refund = Payment(booking_id=booking.id, kind=PaymentKind.REFUND,
+                         transaction_id=refunded.transaction_id, status=PaymentStatus.REFUNDED,
+                         amount_cents=refunded.amount_cents, method=charge.method, created_at=now)
+        session.add(refund)
+        await session.execute(update(Ticket).where(Ticket.booking_id == booking.id)
+                              .values(status=TicketStatus.VOID))
+    booking.status = BookingStatus.CANCELLED
+    booking.cancelled_at = now
+    booking.expires_at = None
+    booking.version += 1
+    record_booking_update(session, booking, BookingStatus.CANCELLED)
+    return refund
+
+
+async def cancel(
+    session: AsyncSession,
+    *,
+    caller: Identity,
+    booking_id: int,
+    idempotency_key: str | None,
+    gateway: PaymentGateway,
+    now: datetime | None = None,
+) -> tuple[Booking, Payment | None]:
+    """Cancel a hold or a confirmed booking (refunded); its places go back on sale."""
+    now = now or utcnow()
+    claim = await _claim_key(session, user_id=caller.user_id, key=idempotency_key, operation="cancel",
+                             request={"bookingId": booking_id})
+    if replay := await _replayed(session, claim):
+        return replay, await payment_of(session, replay.id, PaymentKind.REFUND)
+    booking = await _booking_for_update(session, booking_id, caller, owner_only=False)
+    if booking.status not in (BookingStatus.PENDING, BookingStatus.CONFIRMED):
+        raise DomainError(ErrorCode.INVALID_STATE, f"This booking is already {booking.status.lower()}")
+    refund = await _void(session, booking, gateway, now)
+    await inventory.release(session, booking)
+    await _remember(session, claim, booking.id)
+    await session.flush()
+    return booking, refund
+
+
+async def cancel_event(session: AsyncSession, *, event_id: int, gateway: PaymentGateway,
+                       now: datetime | None = None) -> Event:
+    """Cancel an event: every hold and booking is voided (paid ones refunded), sales stop."""
+    now = now or utcnow()
+    event = await session.scalar(select(Event).where(Event.id == event_id).with_for_update()
+                                 .execution_options(populate_existing=True))
+    if event is None:
+        raise not_found("Event")
+    if event.status == EventStatus.CANCELLED:
+        raise DomainError(ErrorCode.INVALID_STATE, "This event is already cancelled")
+    active = (await session.scalars(
+        select(Booking).where(Booking.event_id == event_id,
+                              Booking.status.in_([BookingStatus.PENDING, BookingStatus.CONFIRMED]))
+        .order_by(Booking.id).with_for_update())).all()
+    for booking in active:
+        await _void(session, booking, gateway, now)
+    changed = []
+    if event.is_seated:
+        for booking in active:
+            changed += await inventory.set_seats_status(session, booking_id=booking.id,
+                                                        status=SeatStatus.AVAILABLE)
+    event.status = EventStatus.CANCELLED
+    event.available = event.capacity
+    event.version += 1
+    await session.flush()
+    inventory.record_availability(session, event, changed)
+    return event
+
+
+# --- expiry -------------------------------------------------------------------------------
+
+async def expire_lapsed(session: AsyncSession, *, now: datetime | None = None,
+                        event_id: int | None = None, limit: int = EXPIRY_BATCH) -> int:
+    """Mark lapsed holds EXPIRED and return their places. Claims them with SKIP LOCKED, so
+    any number of sweepers (and reserves clearing the way) can run at once."""
+    now = now or utcnow()
+    query = select(Booking).where(inventory.lapsed_hold(now))
+    if event_id is not None:
+        query = query.where(Booking.event_id == event_id)
+    lapsed = (await session.scalars(
+        query.order_by(Booking.id).limit(limit).with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True))).all()
+    places_by_event: dict[int, int] = defaultdict(int)
+    seats_by_event: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for booking in lapsed:
+        booking.status = BookingStatus.EXPIRED
+        booking.version += 1
+        places_by_event[booking.event_id] += booking.quantity
+        if booking.seat_ids is not None:
+            seats_by_event[booking.event_id] += await inventory.set_seats_status(
+                session, booking_id=booking.id, status=SeatStatus.AVAILABLE)
+        record_booking_update(session, booking, BookingStatus.EXPIRED)
+    for lapsed_event_id in sorted(places_by_event):
+        state = await inventory.return_places(session, event_id=lapsed_event_id,
+                                              quantity=places_by_event[lapsed_event_id])
+        inventory.record_availability(session, state, seats_by_event[lapsed_event_id])
+    await session.flush()
+    return len(lapsed)
+
+
+# --- reads --------------------------------------------------------------------------------
+
+async def get_booking(session: AsyncSession, *, caller: Identity, booking_id: int) -> Booking | None:
+    booking = await session.get(Booking, booking_id)
+    if booking is None or (booking.user_id != caller.user_id and not caller.is_admin):
+        return None
+    return booking
+
+
+@dataclass(frozen=True)
+class BookingPage:
+    items: list[Booking]
+    total_count: int
+    has_next_page: bool
+
+
+def encode_booking_cursor(booking: Booking) -> str:
+    return str(booking.id)
+
+
+async def list_bookings(session: AsyncSession, *, user_id: int, status: str | None, first: int,
+                        after: str | None) -> BookingPage:
+    """A user's bookings, newest first."""
+    if not 0 <= first <= 100:
+        raise invalid_input("first", "first must be between 0 and 100")
+    query = select(Booking).where(Booking.user_id == user_id)
+    if status is not None:
+        query = query.where(Booking.status == status)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    if after is not None:
+        try:
+            query = query.where(Booking.id < int(after))
+        except ValueError:
+            raise invalid_input("after", "Not a cursor from this list") from None
+    rows = list((await session.scalars(query.order_by(Booking.id.desc()).limit(first + 1))).all())
+    return BookingPage(items=rows[:first], total_count=total or 0, has_next_page=len(rows) > first)
+
+
+async def tickets_of(session: AsyncSession, booking_ids: list[int]) -> dict[int, list[Ticket]]:
+    rows = await session.scalars(select(Ticket).where(Ticket.booking_id.in_(booking_ids)).order_by(Ticket.id))
+    grouped: dict[int, list[Ticket]] = defaultdict(list)
+    for ticket in rows:
+        grouped[ticket.booking_id].append(ticket)
+    return grouped
+
+
+async def find_tickets(session: AsyncSession, code: str) -> dict[str, Any] | None:
+    """What a ticket code admits: by the booking's code all its tickets, by one ticket's code
+    that ticket. None for unknown codes and for bookings that are not CONFIRMED."""
+    if not code or len(code) > 64:
+        return None
+    booking = await session.scalar(select(Booking).where(Booking.ticket_code == code))
+    if booking is not None:
+        tickets = (await tickets_of(session, [booking.id])).get(booking.id, [])
+    else:
+        ticket = await session.scalar(select(Ticket).where(Ticket.code == code))
+        booking = await session.get(Booking, ticket.booking_id) if ticket else None
+        tickets = [ticket] if ticket else []
+    if booking is None or booking.status != BookingStatus.CONFIRMED:
+        return None
+    event = await session.get(Event, booking.event_id)
+    assert event is not None
+    venue = await session.get(Venue, event.venue_id)
+    seat_ids = [t.seat_id for t in tickets if t.seat_id is not None]
+    seats = {seat.id: seat for seat in await session.scalars(select(Seat).where(Seat.id.in_(seat_ids)))}
+    return {
+        "reference": booking.reference,
+        "event": event.name,
+        "venue": venue.name if venue else None,
+        "startsAt": event.starts_at.isoformat(),
+        "status": booking.status,
+        "tickets": [{"code": t.code, "status": t.status,
+                     "seat": seats[t.seat_id].label if t.seat_id in seats else None} for t in tickets],
+    }

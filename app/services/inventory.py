@@ -1,0 +1,204 @@
+"""Inventory: the statements that take and return places, and what they announce.
+
+Every change goes through the event row's counter (`available`, `version`) in one
+conditional UPDATE, so PostgreSQL's row lock orders concurrent buyers and its re-check of
+the WHERE clause after the lock wait makes sure nobody takes a place that is gone, while
+everybody who fits succeeds. Seats are locked in id order before the event row; bookings
+before seats. Holds past `expires_at` count as free to every read, before any sweeper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import and_, case, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Booking, BookingStatus, Event, EventStatus, Seat, SeatStatus
+from app.services import outbox
+
+
+class EventState(Protocol):
+    id: int
+    available: int
+    version: int
+    status: str
+
+
+def record_availability(
+    session: AsyncSession, event: EventState, changed_seats: Iterable[tuple[int, str]] = ()
+) -> None:
+    """Announce (after commit) the event's state at this version."""
+    outbox.record(session, outbox.availability_channel(event.id), {
+        "eventId": event.id,
+        "availableSeats": event.available,
+        "version": event.version,
+        "status": event.status,
+        "changedSeats": [{"seatId": seat_id, "status": status} for seat_id, status in changed_seats],
+    })
+
+
+_EVENT_STATE = (Event.id, Event.available, Event.version, Event.status)
+
+
+async def take_places(session: AsyncSession, *, event_id: int, quantity: int) -> Any | None:
+    """Take `quantity` places of an ON_SALE event in one statement; None when they are not
+    there. From here the event row stays locked until the commit: keep the rest short."""
+    result = await session.execute(
+        update(Event)
+        .where(Event.id == event_id, Event.status == EventStatus.ON_SALE, Event.available >= quantity)
+        .values(
+            available=Event.available - quantity,
+            version=Event.version + 1,
+            status=case((Event.available == quantity, EventStatus.SOLD_OUT), else_=Event.status),
+        )
+        .returning(*_EVENT_STATE)
+    )
+    return result.one_or_none()
+
+
+async def return_places(session: AsyncSession, *, event_id: int, quantity: int) -> Any:
+    """Put places back on sale; a sold-out event goes back on sale."""
+    result = await session.execute(
+        update(Event)
+        .where(Event.id == event_id)
+        .values(
+            available=Event.available + quantity,
+            version=Event.version + 1,
+            status=case((Event.status == EventStatus.SOLD_OUT, EventStatus.ON_SALE),
+                        else_=Event.status),
+        )
+        .returning(*_EVENT_STATE)
+    )
+    return result.one()
+
+
+async def bump_version(session: AsyncSession, *, event_id: int) -> Any:
+    """A change that moves no place (seats turning BOOKED) still gets its own version."""
+    result = await session.execute(
+        update(Event).where(Event.id == event_id).values(version=Event.version + 1)
+        .returning(*_EVENT_STATE)
+    )
+    return result.one()
+
+
+async def hold_seats(
+    session: AsyncSession, *, event_id: int, seat_ids: Sequence[int], booking_id: int
+) -> list[tuple[int, int]]:
+    """Hold exactly these seats if they are free; returns (seat id, price) of those taken.
+    Locks in id order, so two buyers of overlapping seats cannot deadlock."""
+    free = (
+        select(Seat.id).where(Seat.event_id == event_id, Seat.id.in_(seat_ids),
+                              Seat.status == SeatStatus.AVAILABLE)
+        .order_by(Seat.id).with_for_update()
+    )
+    result = await session.execute(
+        update(Seat).where(Seat.id.in_(free.scalar_subquery()))
+        .values(status=SeatStatus.HELD, booking_id=booking_id)
+        .returning(Seat.id, Seat.price_cents)
+    )
+    return [(row.id, row.price_cents) for row in result]
+
+
+# How many free seats a best-available buyer looks at: enough to find a block side by side,
+# few enough that racing buyers lock disjoint windows instead of the same seats.
+BEST_AVAILABLE_WINDOW = 4
+
+
+async def hold_best_seats(
+    session: AsyncSession, *, event_id: int, quantity: int, booking_id: int
+) -> list[tuple[int, int]]:
+    """Hold `quantity` of the best free seats, side by side in one row when the window
+    allows. Seats other buyers are locking are skipped, not waited for."""
+    window = (
+        await session.execute(
+            select(Seat.id, Seat.section, Seat.row, Seat.number)
+            .where(Seat.event_id == event_id, Seat.status == SeatStatus.AVAILABLE)
+            .order_by(Seat.id)
+            .limit(max(quantity * BEST_AVAILABLE_WINDOW, 16))
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+    if len(window) < quantity:
+        return []
+    chosen = _adjacent_block(window, quantity) or [row.id for row in window[:quantity]]
+    result = await session.execute(
+        update(Seat).where(Seat.id.in_(chosen))
+        .values(status=SeatStatus.HELD, booking_id=booking_id)
+        .returning(Seat.id, Seat.price_cents)
+    )
+    return [(row.id, row.price_cents) for row in result]
+
+
+def _adjacent_block(window: Sequence[Any], quantity: int) -> list[int] | None:
+    """The first run of `quantity` consecutive seats in one row of the window, if any."""
+    run: list[Any] = []
+    for seat in window:
+        if run and (seat.section, seat.row, seat.number) == (run[-1].section, run[-1].row,
+                                                             run[-1].number + 1):
+            run.append(seat)
+        else:
+            run = [seat]
+        if len(run) == quantity:
+            return [s.id for s in run]
+    return None
+
+
+async def set_seats_status(session: AsyncSession, *, booking_id: int, status: str) -> list[tuple[int, str]]:
+    """Move every seat of a booking to `status` (AVAILABLE also frees it)."""
+    holder = None if status == SeatStatus.AVAILABLE else booking_id
+    result = await session.execute(
+        update(Seat).where(Seat.booking_id == booking_id)
+        .values(status=status, booking_id=holder)
+        .returning(Seat.id)
+    )
+    return [(seat_id, status) for seat_id in result.scalars()]
+
+
+async def release(session: AsyncSession, booking: Booking) -> None:
+    """Return a booking's places (and seats) to sale and announce it."""
+    changed = []
+    if booking.seat_ids is not None:
+        changed = await set_seats_status(session, booking_id=booking.id, status=SeatStatus.AVAILABLE)
+    state = await return_places(session, event_id=booking.event_id, quantity=booking.quantity)
+    record_availability(session, state, changed)
+
+
+# --- reads that treat lapsed holds as free ----------------------------------------------
+
+def lapsed_hold(now: datetime) -> Any:
+    return and_(Booking.status == BookingStatus.PENDING, Booking.expires_at <= now)
+
+
+async def lapsed_places(session: AsyncSession, event_ids: Sequence[int], now: datetime) -> dict[int, int]:
+    """Places held by holds that have lapsed but are not swept yet, per event."""
+    rows = await session.execute(
+        select(Booking.event_id, func.sum(Booking.quantity))
+        .where(Booking.event_id.in_(event_ids), lapsed_hold(now))
+        .group_by(Booking.event_id)
+    )
+    return {event_id: int(total) for event_id, total in rows}
+
+
+def effective_seat_status(now: datetime) -> Any:
+    """A seat's status as buyers should see it: HELD by a lapsed hold is AVAILABLE."""
+    lapsed = select(Booking.id).where(Booking.id == Seat.booking_id, lapsed_hold(now)).exists()
+    return case((and_(Seat.status == SeatStatus.HELD, lapsed), SeatStatus.AVAILABLE),
+                else_=Seat.status)
+
+
+async def seats_of_event(
+    session: AsyncSession, *, event_id: int, section: str | None, now: datetime
+) -> list[tuple[Seat, str]]:
+    query = select(Seat, effective_seat_status(now)).where(Seat.event_id == event_id)
+    if section is not None:
+        query = query.where(Seat.section == section)
+    return [(seat, status) for seat, status in (await session.execute(query.order_by(Seat.id))).all()]
+
+
+async def seats_by_ids(session: AsyncSession, seat_ids: Sequence[int], now: datetime) -> dict[int, tuple[Seat, str]]:
+    rows = await session.execute(select(Seat, effective_seat_status(now)).where(Seat.id.in_(seat_ids)))
+    return {seat.id: (seat, status) for seat, status in rows.all()}
+

@@ -1,0 +1,165 @@
+"""The ASGI application: GraphQL over HTTP and websockets, health, tickets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from redis import asyncio as aioredis
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+
+from app.db import create_engine, create_sessionmaker
+from app.errors import DomainError
+from app.pubsub import Broker
+from app.resolvers.context import AppServices, Context
+from app.schema.schema import create_schema
+from app.services import bookings
+from app.services.accounts import identity_from_authorization
+from app.services.payments import MockGateway
+from app.settings import Settings, load_settings
+from app.sweeper import run_sweeper
+
+logger = logging.getLogger(__name__)
+
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 20
+CONNECTION_INIT_TIMEOUT = timedelta(seconds=5)
+
+
+class GraphQLApp(GraphQL[Context, None]):
+    def __init__(self, services: AppServices) -> None:
+        super().__init__(
+            create_schema(services.settings),
+            graphql_ide="graphiql",
+            # graphql-transport-ws first; the legacy protocol only for old clients.
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
+            connection_init_wait_timeout=CONNECTION_INIT_TIMEOUT,
+            max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION,
+        )
+        self.services = services
+
+    def _base_url(self, request: Request | WebSocket) -> str:
+        if self.services.settings.public_url:
+            return self.services.settings.public_url.rstrip("/")
+        base = str(request.base_url).rstrip("/")
+        return base.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+
+    async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        identity, auth_error = None, None
+        if not isinstance(request, WebSocket):  # websockets authenticate in connection_init
+            try:
+                identity = identity_from_authorization(request.headers.get("authorization"),
+                                                       self.services.settings)
+            except DomainError as error:
+                auth_error = error
+        return Context(self.services, identity, auth_error, base_url=self._base_url(request))
+
+    async def on_ws_connect(self, context: Context) -> None:
+        params = context.connection_params or {}
+        header = next((value for key, value in params.items() if key.lower() == "authorization"), None)
+        try:
+            context.identity = identity_from_authorization(header if isinstance(header, str) else None,
+                                                           self.services.settings)
+        except DomainError:
+            raise ConnectionRejectionError({"message": "Invalid or expired access token"}) from None
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    services: AppServices = request.app.state.services
+    checks: dict[str, str] = {}
+    try:
+        async with services.sessionmaker() as session:
+            await asyncio.wait_for(session.execute(text("SELECT 1")), timeout=2)
+        checks["database"] = "ok"
+    except Exception as error:  # any failure means not ready; say which
+        checks["database"] = f"unavailable: {type(error).__name__}"
+    redis_client = request.app.state.redis
+    if redis_client is not None:
+        try:
+            await asyncio.wait_for(redis_client.ping(), timeout=2)
+            checks["redis"] = "ok"
+        except Exception as error:
+            checks["redis"] = f"unavailable: {type(error).__name__}"
+    ready = all(value == "ok" for value in checks.values())
+    return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks},
+                        status_code=200 if ready else 503)
+
+
+async def ticket(request: Request) -> Response:
+    services: AppServices = request.app.state.services
+    async with services.sessionmaker() as session:
+        found = await bookings.find_tickets(session, request.path_params["code"])
+    if found is None:
+        return JSONResponse({"error": "No valid ticket with this code"}, status_code=404) \
+            if "application/json" in request.headers.get("accept", "") \
+            else HTMLResponse("<h1>No valid ticket with this code</h1>", status_code=404)
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse(found)
+    rows = "".join(
+        f"<li><code>{html.escape(t['code'])}</code> {html.escape(t['seat'] or 'General admission')}"
+        f" ({html.escape(t['status'])})</li>" for t in found["tickets"])
+    return HTMLResponse(
+        f"<!doctype html><title>Ticket {html.escape(found['reference'])}</title>"
+        f"<h1>{html.escape(found['event'])}</h1><p>{html.escape(found['venue'] or '')}, "
+        f"{html.escape(found['startsAt'])}</p><p>Booking {html.escape(found['reference'])}</p>"
+        f"<ul>{rows}</ul>")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or load_settings()
+    settings.check()
+    engine = create_engine(settings)
+    services = AppServices(
+        settings=settings,
+        sessionmaker=create_sessionmaker(engine),
+        gateway=MockGateway(),
+        broker=Broker(settings.redis_url or "memory://"),
+    )
+    graphql = GraphQLApp(services)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await services.broker.start()
+        sweeper = asyncio.create_task(run_sweeper(services.sessionmaker, services.broker,
+                                                  settings.sweep_interval_seconds), name="sweeper")
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await services.broker.stop()
+            if app.state.redis is not None:
+                await app.state.redis.aclose()
+            await engine.dispose()
+
+    app = Starlette(
+        routes=[
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/tickets/{code}", ticket),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.redis = (aioredis.Redis.from_url(settings.redis_url, socket_timeout=2)
+                       if settings.redis_url else None)
+    return app
