@@ -17,6 +17,8 @@ from app.resolvers.catalogue import CatalogueMutation, CatalogueQuery
 from app.resolvers.realtime import RealtimeSubscription
 from app.settings import Settings
 
+MAX_TOKENS = 5000  # refuses absurd documents before they are even validated
+
 Query = merge_types("Query", (AccountQuery, CatalogueQuery, BookingQuery))
 Mutation = merge_types("Mutation", (AccountMutation, CatalogueMutation, BookingMutation))
 Subscription = merge_types("Subscription", (RealtimeSubscription,))
@@ -43,11 +45,12 @@ class ErrorMasking(MaskErrors):
 
 
 def create_schema(settings: Settings) -> strawberry.Schema:
+    # Factories: strawberry builds fresh extensions for every operation.
     extensions: list[Any] = [
-        QueryDepthLimiter(max_depth=settings.max_query_depth),
-        MaxAliasesLimiter(max_alias_count=settings.max_aliases),
-        MaxTokensLimiter(max_token_count=5000),
-        ErrorMasking(),
+        lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
+        lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        ErrorMasking,
     ]
     return strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription,
                              extensions=extensions)

@@ -1,0 +1,107 @@
+"""Accounts through the GraphQL API: register, login, refresh rotation, logout, me, bad input."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import jwt
+import pytest
+
+from app.models import utcnow
+from tests.conftest import JWT_SECRET, GraphQLClient
+
+REGISTER = """mutation($input: RegisterInput!) { register(input: $input) {
+  accessToken refreshToken user { id email name role } errors { code message field } } }"""
+LOGIN = """mutation($input: LoginInput!) { login(input: $input) {
+  accessToken refreshToken user { email } errors { code message field } } }"""
+REFRESH = """mutation($t: String!) { refreshToken(refreshToken: $t) {
+  accessToken refreshToken errors { code message } } }"""
+LOGOUT = "mutation($t: String!) { logout(refreshToken: $t) { ok errors { code } } }"
+ME = "{ me { email role } }"
+
+
+async def register(gql: GraphQLClient, email: str = "ana@example.com", password: str = "correct horse",
+                   name: str = "Ana") -> dict:
+    return (await gql(REGISTER, {"input": {"email": email, "password": password, "name": name}}))["register"]
+
+
+async def test_register_login_and_me(gql: GraphQLClient) -> None:
+    registered = await register(gql, email="  Ana@Example.com ")
+    assert registered["errors"] == []
+    assert registered["user"]["email"] == "ana@example.com"
+    assert registered["user"]["role"] == "USER"
+    assert (await gql(ME, token=registered["accessToken"]))["me"] == {"email": "ana@example.com", "role": "USER"}
+
+    logged_in = (await gql(LOGIN, {"input": {"email": "ANA@example.com", "password": "correct horse"}}))["login"]
+    assert logged_in["errors"] == [] and logged_in["accessToken"]
+    assert (await gql(ME))["me"] is None  # anonymous
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("email", "not-an-email", "valid email"),
+    ("password", "short", "at least 8"),
+    ("name", "x" * 201, "at most 200"),
+    ("name", "   ", "required"),
+])
+async def test_register_rejects_bad_input(gql: GraphQLClient, field: str, value: str, message: str) -> None:
+    fields = {"email": "bob@example.com", "password": "long enough", "name": "Bob", field: value}
+    result = await register(gql, **fields)
+    assert result["accessToken"] is None
+    assert [(e["code"], e["field"]) for e in result["errors"]] == [("INVALID_INPUT", field)]
+    assert message in result["errors"][0]["message"]
+
+
+async def test_duplicate_email_is_taken(gql: GraphQLClient) -> None:
+    await register(gql)
+    again = await register(gql, email="ANA@example.com")
+    assert [e["code"] for e in again["errors"]] == ["EMAIL_TAKEN"]
+
+
+async def test_wrong_password_and_unknown_email_look_the_same(gql: GraphQLClient) -> None:
+    await register(gql)
+    wrong = (await gql(LOGIN, {"input": {"email": "ana@example.com", "password": "wrong password"}}))["login"]
+    unknown = (await gql(LOGIN, {"input": {"email": "nobody@example.com", "password": "whatever1"}}))["login"]
+    assert wrong["errors"] == unknown["errors"]
+    assert wrong["errors"][0]["code"] == "INVALID_CREDENTIALS"
+    assert wrong["accessToken"] is None
+
+
+async def test_refresh_rotates_and_reuse_revokes_the_family(gql: GraphQLClient) -> None:
+    first = (await register(gql))["refreshToken"]
+    second = (await gql(REFRESH, {"t": first}))["refreshToken"]
+    assert second["errors"] == [] and second["refreshToken"] != first
+    # The old token is dead, and presenting it again ends the whole family...
+    reused = (await gql(REFRESH, {"t": first}))["refreshToken"]
+    assert [e["code"] for e in reused["errors"]] == ["INVALID_TOKEN"]
+    # ...including the token that was issued in its place.
+    after = (await gql(REFRESH, {"t": second["refreshToken"]}))["refreshToken"]
+    assert [e["code"] for e in after["errors"]] == ["INVALID_TOKEN"]
+
+
+async def test_logout_ends_the_refresh_token(gql: GraphQLClient) -> None:
+    token = (await register(gql))["refreshToken"]
+    assert (await gql(LOGOUT, {"t": token}))["logout"] == {"ok": True, "errors": []}
+    refreshed = (await gql(REFRESH, {"t": token}))["refreshToken"]
+    assert [e["code"] for e in refreshed["errors"]] == ["INVALID_TOKEN"]
+    garbage = (await gql(REFRESH, {"t": "not-a-token"}))["refreshToken"]
+    assert [e["code"] for e in garbage["errors"]] == ["INVALID_TOKEN"]
+
+
+def _forged_tokens(user_id: str) -> dict[str, str]:
+    now = utcnow()
+    claims = {"sub": user_id, "role": "ADMIN", "typ": "access", "iat": now, "exp": now + timedelta(minutes=5)}
+    return {
+        "wrong key": jwt.encode(claims, "another-secret-that-is-long-enough-xx", algorithm="HS256"),
+        "expired": jwt.encode({**claims, "exp": now - timedelta(seconds=1)}, JWT_SECRET, algorithm="HS256"),
+        "alg none": jwt.encode(claims, None, algorithm="none"),
+        "garbage": "abc.def.ghi",
+    }
+
+
+async def test_forged_expired_and_unsigned_tokens_are_unauthenticated(gql: GraphQLClient) -> None:
+    user_id = (await register(gql))["user"]["id"]
+    for name, token in _forged_tokens(user_id).items():
+        assert (await gql(ME, token=token))["me"] is None, name
+        result = await gql("""mutation { reserveSeats(input: {eventId: "1", quantity: 1}) {
+            booking { id } errors { code } } }""", token=token)
+        assert result["reserveSeats"]["errors"][0]["code"] == "UNAUTHENTICATED", name
