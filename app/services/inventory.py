@@ -111,18 +111,23 @@ async def hold_best_seats(
     session: AsyncSession, *, event_id: int, quantity: int, booking_id: int
 ) -> list[tuple[int, int]]:
     """Hold `quantity` of the best free seats, side by side in one row when the window
-    allows. Seats other buyers are locking are skipped, not waited for."""
-    window = (
-        await session.execute(
-            select(Seat.id, Seat.section, Seat.row, Seat.number)
-            .where(Seat.event_id == event_id, Seat.status == SeatStatus.AVAILABLE)
-            .order_by(Seat.id)
-            .limit(max(quantity * BEST_AVAILABLE_WINDOW, 16))
-            .with_for_update(skip_locked=True)
-        )
-    ).all()
-    if len(window) < quantity:
-        return []
+    allows. Seats other buyers are locking are skipped, not waited for; only when that
+    leaves too few does the buyer wait for them, since a locked seat may yet come free
+    (its locker may need fewer seats than it looked at, or roll back)."""
+    free = (select(Seat.id, Seat.section, Seat.row, Seat.number)
+            .where(Seat.event_id == event_id, Seat.status == SeatStatus.AVAILABLE).order_by(Seat.id))
+    # Inside a savepoint: if the skipping look finds too few, its locks must be let go
+    # before waiting on other buyers, or two buyers could each wait on the other's seats.
+    attempt = await session.begin_nested()
+    window = (await session.execute(
+        free.limit(max(quantity * BEST_AVAILABLE_WINDOW, 16)).with_for_update(skip_locked=True))).all()
+    if len(window) >= quantity:
+        await attempt.commit()
+    else:
+        await attempt.rollback()
+        window = (await session.execute(free.limit(quantity).with_for_update())).all()
+        if len(window) < quantity:
+            return []
     chosen = _adjacent_block(window, quantity) or [row.id for row in window[:quantity]]
     result = await session.execute(
         update(Seat).where(Seat.id.in_(chosen))
