@@ -1,0 +1,12 @@
+FROM python:3.11-slim
+WORKDIR /srv/bookmyevent
+COPY pyproject.toml README.md alembic.ini ./
+COPY app ./app
+COPY migrations ./migrations
+# Editable install: `bookmyevent migrate` finds alembic.ini and migrations/ beside the package.
+RUN pip install --no-cache-dir -e . && useradd --system bookmyevent
+USER bookmyevent
+ENV HOST=0.0.0.0 PORT=8000
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz')"
+CMD ["bookmyevent", "serve"]
