@@ -41,6 +41,9 @@ class Settings:
     hold_ttl_seconds: int = 300
     waitlist_offer_ttl_seconds: int = 600
     reserve_rate_limit_per_minute: int = 10
+    mutation_rate_limit_per_minute: int = 120  # every mutation, per user (per IP when anonymous)
+    login_rate_limit_per_minute: int = 10  # login attempts per email
+    login_ip_rate_limit_per_minute: int = 30  # login attempts per client IP
     sweep_interval_seconds: float = 5.0
     host: str = "127.0.0.1"
     port: int = 8000
@@ -81,6 +84,9 @@ _FIELDS = {
     "HOLD_TTL_SECONDS": ("hold_ttl_seconds", int),
     "WAITLIST_OFFER_TTL_SECONDS": ("waitlist_offer_ttl_seconds", int),
     "RESERVE_RATE_LIMIT_PER_MINUTE": ("reserve_rate_limit_per_minute", int),
+    "MUTATION_RATE_LIMIT_PER_MINUTE": ("mutation_rate_limit_per_minute", int),
+    "LOGIN_RATE_LIMIT_PER_MINUTE": ("login_rate_limit_per_minute", int),
+    "LOGIN_IP_RATE_LIMIT_PER_MINUTE": ("login_ip_rate_limit_per_minute", int),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds", float),
     "HOST": ("host", str),
     "PORT": ("port", int),

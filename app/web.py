@@ -29,6 +29,7 @@ from app.schema.schema import create_schema
 from app.services import bookings
 from app.services.accounts import identity_from_authorization
 from app.services.payments import MockGateway
+from app.services.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from app.settings import Settings, load_settings
 from app.sweeper import run_sweeper
 
@@ -64,7 +65,8 @@ class GraphQLApp(GraphQL[Context, None]):
                                                        self.services.settings)
             except DomainError as error:
                 auth_error = error
-        return Context(self.services, identity, auth_error, base_url=self._base_url(request))
+        return Context(self.services, identity, auth_error, base_url=self._base_url(request),
+                       client_ip=request.client.host if request.client else "unknown")
 
     async def on_ws_connect(self, context: Context) -> None:
         params = context.connection_params or {}
@@ -130,14 +132,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         sessionmaker=create_sessionmaker(engine),
         gateway=MockGateway(),
         broker=Broker(settings.redis_url or "memory://"),
+        limiter=RedisRateLimiter(settings.redis_url) if settings.redis_url else MemoryRateLimiter(),
     )
     graphql = GraphQLApp(services)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.broker.start()
-        sweeper = asyncio.create_task(run_sweeper(services.sessionmaker, services.broker,
-                                                  settings.sweep_interval_seconds), name="sweeper")
+        sweeper = asyncio.create_task(run_sweeper(services, settings.sweep_interval_seconds), name="sweeper")
         try:
             yield
         finally:
@@ -145,6 +147,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await services.broker.stop()
+            if isinstance(services.limiter, RedisRateLimiter):
+                await services.limiter.close()
             if app.state.redis is not None:
                 await app.state.redis.aclose()
             await engine.dispose()

@@ -37,9 +37,12 @@ _skipped_services: set[str] = set()
 
 
 def base_settings(**overrides: Any) -> Settings:
-    """Settings for tests: cheap argon2, a real secret, the sweeper effectively off."""
+    """Settings for tests: cheap argon2, a real secret, the sweeper effectively off, rate
+    limits out of the way (their own tests set them)."""
     values: dict[str, Any] = dict(jwt_secret=JWT_SECRET, argon2_time_cost=1, argon2_memory_cost=1024,
-                                  sweep_interval_seconds=3600.0)
+                                  sweep_interval_seconds=3600.0, reserve_rate_limit_per_minute=10_000,
+                                  mutation_rate_limit_per_minute=10_000, login_rate_limit_per_minute=10_000,
+                                  login_ip_rate_limit_per_minute=10_000)
     values.update(overrides)
     return Settings(**values)
 
@@ -124,7 +127,7 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(replace(settings, db_pool_size=60, db_max_overflow=20))
+    engine = create_engine(replace(settings, db_pool_size=25, db_max_overflow=5))
     await _empty_tables(engine)
     yield engine
     await engine.dispose()

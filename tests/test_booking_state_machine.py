@@ -23,7 +23,7 @@ from app.services.payments import MockGateway
 from tests.conftest import _empty_tables, base_settings
 from tests.factories import SMALL_SEAT_MAP, make_event, make_users
 
-HOLD = 60
+HOLDS = bookings.HoldTimes(reservation_seconds=60, offer_seconds=120)
 
 
 class BookingMachine(RuleBasedStateMachine):
@@ -72,7 +72,7 @@ class BookingMachine(RuleBasedStateMachine):
         free = self.run(self._free_places(event_id))
         result = self.run(self._in_transaction(lambda session: bookings.reserve(
             session, user_id=self.users[user].id, event_id=event_id, quantity=quantity, seat_ids=None,
-            idempotency_key=None, expected_version=None, hold_ttl_seconds=HOLD, now=self.now)))
+            idempotency_key=None, expected_version=None, holds=HOLDS, now=self.now)))
         if free >= quantity:
             assert isinstance(result, Booking), f"refused with {result} while {free} places were free"
             return result.id
@@ -102,13 +102,13 @@ class BookingMachine(RuleBasedStateMachine):
         caller = self._caller(booking_id)
         self.run(self._in_transaction(lambda session: bookings.cancel(
             session, caller=caller, booking_id=booking_id, idempotency_key=None, gateway=self.gateway,
-            now=self.now)))
+            holds=HOLDS, now=self.now)))
 
     @rule()
     def sweep(self) -> None:
-        self.run(self._in_transaction(lambda session: bookings.expire_lapsed(session, now=self.now)))
+        self.run(self._in_transaction(lambda session: bookings.expire_lapsed(session, holds=HOLDS, now=self.now)))
 
-    @rule(seconds=st.sampled_from([1, 30, HOLD + 1]))
+    @rule(seconds=st.sampled_from([1, 30, HOLDS.reservation_seconds + 1]))
     def time_travel(self, seconds: int) -> None:
         self.now += timedelta(seconds=seconds)
 

@@ -31,8 +31,8 @@ EVENT = "query($id: ID!) { event(id: $id) { availableSeats status version seats 
 class Buyer:
     """A signed-in user driving the API."""
 
-    def __init__(self, gql: GraphQLClient, token: str) -> None:
-        self.gql, self.token = gql, token
+    def __init__(self, gql: GraphQLClient, token: str, user_id: int = 0) -> None:
+        self.gql, self.token, self.user_id = gql, token, user_id
 
     async def reserve(self, event_id: Any, **fields: Any) -> dict:
         return (await self.gql(RESERVE, {"input": {"eventId": str(event_id), **fields}}, self.token))["reserveSeats"]

@@ -19,7 +19,7 @@ from app.services import bookings
 from app.services.payments import MockGateway
 from tests.factories import SMALL_SEAT_MAP, identity_of, make_event, make_users
 
-HOLD = 300
+HOLDS = bookings.HoldTimes(reservation_seconds=300, offer_seconds=600)
 Work = Callable[[AsyncSession, int], Awaitable[Any]]
 
 
@@ -32,7 +32,7 @@ async def race(sessionmaker: async_sessionmaker[AsyncSession], count: int, work:
     """Run `work` for `count` buyers released at the same instant, each in its own transaction.
     Returns each buyer's result, or the ErrorCode it was refused with."""
     barrier = asyncio.Barrier(count)
-    connect_first = count <= 50  # small races hold a connection each before the start
+    connect_first = count <= 25  # small races hold a connection each before the start
 
     async def buyer(index: int) -> Any:
         async with sessionmaker() as session:
@@ -76,7 +76,7 @@ def reserve(event_id: int, users: list[Any], **fields: Any) -> Work:
         return await bookings.reserve(
             session, user_id=users[index].id, event_id=event_id, quantity=fields.get("quantity"),
             seat_ids=fields.get("seat_ids"), idempotency_key=fields.get("idempotency_key"),
-            expected_version=None, hold_ttl_seconds=HOLD)
+            expected_version=None, holds=HOLDS)
     return work
 
 
@@ -140,7 +140,7 @@ async def _pending_booking(sessionmaker: async_sessionmaker[AsyncSession], event
     async with sessionmaker() as session:
         booking = await bookings.reserve(session, user_id=user.id, event_id=event_id, quantity=1,
                                          seat_ids=None, idempotency_key=None, expected_version=None,
-                                         hold_ttl_seconds=HOLD)
+                                         holds=HOLDS)
         await session.commit()
     return booking
 
@@ -164,7 +164,7 @@ async def test_confirm_racing_expiry_has_one_winner(sessionmaker: async_sessionm
             return "confirmed"
 
         async def sweep_just_after(session: AsyncSession, _: int) -> str:
-            return f"swept {await bookings.expire_lapsed(session, now=lapses_at + timedelta(milliseconds=1))}"
+            return f"swept {await bookings.expire_lapsed(session, holds=HOLDS, now=lapses_at + timedelta(milliseconds=1))}"
 
         results = await race(sessionmaker, 2, lambda s, i: (confirm_just_before, sweep_just_after)[i](s, i))
         async with sessionmaker() as session:
@@ -198,7 +198,7 @@ async def test_confirm_racing_cancel_and_double_confirm_charge_once(
     def cancel(booking_id: int) -> Work:
         async def work(session: AsyncSession, _: int) -> str:
             await bookings.cancel(session, caller=identity_of(user), booking_id=booking_id,
-                                  idempotency_key=None, gateway=gateway)
+                                  idempotency_key=None, gateway=gateway, holds=HOLDS)
             return "cancelled"
         return work
 

@@ -13,9 +13,10 @@ from app.models.bookings import (
     TicketStatus,
 )
 from app.models.catalogue import Event, EventStatus, Seat, SeatStatus, Venue
+from app.models.waitlist import WaitlistEntry, WaitlistStatus
 
 __all__ = [
     "Base", "Booking", "BookingStatus", "Event", "EventStatus", "IdempotencyKey", "Payment",
     "PaymentKind", "PaymentStatus", "RefreshToken", "Role", "Seat", "SeatStatus", "Ticket",
-    "TicketStatus", "User", "Venue", "utcnow",
+    "TicketStatus", "User", "Venue", "WaitlistEntry", "WaitlistStatus", "utcnow",
 ]

@@ -12,6 +12,7 @@ from app.errors import DomainError
 from app.resolvers.context import Context
 from app.schema.common import UserError
 from app.services import outbox
+from app.services.ratelimit import enforce
 
 Payload = TypeVar("Payload")
 
@@ -27,6 +28,8 @@ async def run_mutation(
     services = info.context.services
     async with services.sessionmaker() as session:
         try:
+            await enforce(services.limiter, f"mutation:{info.context.caller_key}",
+                          limit=services.settings.mutation_rate_limit_per_minute)
             payload = await work(session)
         except DomainError as error:
             if error.keep_changes:

@@ -23,6 +23,7 @@ from app.schema.bookings import (
 )
 from app.schema.common import PageInfo
 from app.services import bookings
+from app.services.ratelimit import enforce
 
 
 @strawberry.type
@@ -60,14 +61,15 @@ class BookingMutation:
     async def reserve_seats(self, info: strawberry.Info, input: ReserveInput) -> ReservePayload:
         async def work(session: AsyncSession) -> ReservePayload:
             identity = info.context.require_user()
+            await enforce(info.context.services.limiter, f"reserve:{identity.user_id}",
+                          limit=info.context.settings.reserve_rate_limit_per_minute)
             seat_ids = None
             if input.seat_ids is not None:
                 seat_ids = [parse_id(seat_id, "seatIds") for seat_id in input.seat_ids]
             booking = await bookings.reserve(
                 session, user_id=identity.user_id, event_id=parse_id(input.event_id, "eventId"),
                 quantity=input.quantity, seat_ids=seat_ids, idempotency_key=input.idempotency_key,
-                expected_version=input.expected_version,
-                hold_ttl_seconds=info.context.settings.hold_ttl_seconds)
+                expected_version=input.expected_version, holds=info.context.services.hold_times)
             return ReservePayload(booking=Booking.from_model(booking))
         return await run_mutation(info, ReservePayload, work)
 
@@ -88,7 +90,8 @@ class BookingMutation:
             booking, refund = await bookings.cancel(
                 session, caller=info.context.require_user(),
                 booking_id=parse_id(input.booking_id, "bookingId"),
-                idempotency_key=input.idempotency_key, gateway=info.context.services.gateway)
+                idempotency_key=input.idempotency_key, gateway=info.context.services.gateway,
+                holds=info.context.services.hold_times)
             return CancelPayload(booking=Booking.from_model(booking),
                                  refund=Payment.from_model(refund) if refund else None)
         return await run_mutation(info, CancelPayload, work)
@@ -97,5 +100,6 @@ class BookingMutation:
     async def expire_reservations(self, info: strawberry.Info) -> ExpirePayload:
         async def work(session: AsyncSession) -> ExpirePayload:
             info.context.require_admin()
-            return ExpirePayload(expired=await bookings.expire_lapsed(session))
+            return ExpirePayload(expired=await bookings.expire_lapsed(
+                session, holds=info.context.services.hold_times))
         return await run_mutation(info, ExpirePayload, work)

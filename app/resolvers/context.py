@@ -15,7 +15,9 @@ from app.models import Booking, Event, Seat, Ticket, User, Venue, utcnow
 from app.pubsub import Broker
 from app.services import bookings, inventory
 from app.services.accounts import Identity
+from app.services.bookings import HoldTimes
 from app.services.payments import PaymentGateway
+from app.services.ratelimit import RateLimiter
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -29,6 +31,12 @@ class AppServices:
     sessionmaker: async_sessionmaker[AsyncSession]
     gateway: PaymentGateway
     broker: Broker
+    limiter: RateLimiter
+
+    @property
+    def hold_times(self) -> HoldTimes:
+        return HoldTimes(reservation_seconds=self.settings.hold_ttl_seconds,
+                         offer_seconds=self.settings.waitlist_offer_ttl_seconds)
 
 
 class Loaders:
@@ -73,9 +81,11 @@ class Context:
     """The strawberry context of one HTTP request or one websocket connection."""
 
     def __init__(self, services: AppServices, identity: Identity | None,
-                 auth_error: DomainError | None = None, *, base_url: str = "") -> None:
+                 auth_error: DomainError | None = None, *, base_url: str = "",
+                 client_ip: str = "unknown") -> None:
         self.services = services
         self.base_url = base_url  # where ticket links point
+        self.client_ip = client_ip
         self.settings = services.settings
         self.identity = identity
         # A bad token does not fail the request outright: anonymous reads still work, and
@@ -95,6 +105,11 @@ class Context:
         if self.identity is None:
             raise self.auth_error or DomainError(ErrorCode.UNAUTHENTICATED, "Sign in first")
         return self.identity
+
+    @property
+    def caller_key(self) -> str:
+        """Whom rate limits count: the user, or the client IP when anonymous."""
+        return f"user:{self.identity.user_id}" if self.identity else f"ip:{self.client_ip}"
 
     def require_admin(self) -> Identity:
         identity = self.require_user()

@@ -15,12 +15,13 @@ from app.resolvers.accounts import AccountMutation, AccountQuery
 from app.resolvers.bookings import BookingMutation, BookingQuery
 from app.resolvers.catalogue import CatalogueMutation, CatalogueQuery
 from app.resolvers.realtime import RealtimeSubscription
+from app.resolvers.waitlist import WaitlistMutation, WaitlistQuery
 from app.settings import Settings
 
 MAX_TOKENS = 5000  # refuses absurd documents before they are even validated
 
-Query = merge_types("Query", (AccountQuery, CatalogueQuery, BookingQuery))
-Mutation = merge_types("Mutation", (AccountMutation, CatalogueMutation, BookingMutation))
+Query = merge_types("Query", (AccountQuery, CatalogueQuery, BookingQuery, WaitlistQuery))
+Mutation = merge_types("Mutation", (AccountMutation, CatalogueMutation, BookingMutation, WaitlistMutation))
 Subscription = merge_types("Subscription", (RealtimeSubscription,))
 
 

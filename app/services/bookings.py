@@ -36,6 +36,8 @@ from app.models import (
     Ticket,
     TicketStatus,
     Venue,
+    WaitlistEntry,
+    WaitlistStatus,
     utcnow,
 )
 from app.services import inventory, outbox
@@ -46,6 +48,14 @@ REFERENCE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 MAX_SEATS_PER_REQUEST = 100
 EXPIRY_BATCH = 500
+
+
+@dataclass(frozen=True)
+class HoldTimes:
+    """How long places are held: for a buyer's own reservation, and for a waitlist offer."""
+
+    reservation_seconds: int
+    offer_seconds: int
 
 
 def new_reference() -> str:
@@ -196,7 +206,7 @@ async def reserve(
     seat_ids: list[int] | None,
     idempotency_key: str | None,
     expected_version: int | None,
-    hold_ttl_seconds: int,
+    holds: HoldTimes,
     now: datetime | None = None,
 ) -> Booking:
     """Hold places for `user_id`: all of them or none, as one PENDING booking."""
@@ -217,14 +227,14 @@ async def reserve(
         reference=new_reference(), user_id=user_id, event_id=event.id,
         status=BookingStatus.PENDING, quantity=quantity, seat_ids=None,
         total_cents=event.price_cents * quantity, currency=event.currency, created_at=now,
-        expires_at=now + timedelta(seconds=hold_ttl_seconds), version=1,
+        expires_at=now + timedelta(seconds=holds.reservation_seconds), version=1,
     )
     session.add(booking)
     await session.flush()
 
     seats = await _take(session, event=event, booking=booking, quantity=quantity,
                         seat_ids=seat_ids, expected_version=expected_version)
-    if seats is None and await expire_lapsed(session, now=now, event_id=event.id):
+    if seats is None and await expire_lapsed(session, holds=holds, now=now, event_id=event.id):
         # Lapsed holds were in the way: they are returned now (one version step of our own),
         # so try once more.
         seats = await _take(session, event=event, booking=booking, quantity=quantity,
@@ -318,6 +328,7 @@ async def confirm(
         changed = await inventory.set_seats_status(session, booking_id=booking.id, status=SeatStatus.BOOKED)
         inventory.record_availability(session, await inventory.bump_version(session, event_id=booking.event_id),
                                       changed)
+    await _close_offer(session, booking, WaitlistStatus.CONVERTED)
     await _remember(session, claim, booking.id)
     await session.flush()
     record_booking_update(session, booking, BookingStatus.CONFIRMED)
@@ -354,6 +365,7 @@ async def cancel(
     booking_id: int,
     idempotency_key: str | None,
     gateway: PaymentGateway,
+    holds: HoldTimes,
     now: datetime | None = None,
 ) -> tuple[Booking, Payment | None]:
     """Cancel a hold or a confirmed booking (refunded); its places go back on sale."""
@@ -366,7 +378,9 @@ async def cancel(
     if booking.status not in (BookingStatus.PENDING, BookingStatus.CONFIRMED):
         raise DomainError(ErrorCode.INVALID_STATE, f"This booking is already {booking.status.lower()}")
     refund = await _void(session, booking, gateway, now)
+    await _close_offer(session, booking, WaitlistStatus.LEFT)
     await inventory.release(session, booking)
+    await _offer_to_waitlist(session, event_id=booking.event_id, holds=holds, now=now)
     await _remember(session, claim, booking.id)
     await session.flush()
     return booking, refund
@@ -393,6 +407,11 @@ async def cancel_event(session: AsyncSession, *, event_id: int, gateway: Payment
         for booking in active:
             changed += await inventory.set_seats_status(session, booking_id=booking.id,
                                                         status=SeatStatus.AVAILABLE)
+    await session.execute(
+        update(WaitlistEntry)
+        .where(WaitlistEntry.event_id == event_id,
+               WaitlistEntry.status.in_([WaitlistStatus.WAITING, WaitlistStatus.OFFERED]))
+        .values(status=WaitlistStatus.EXPIRED))
     event.status = EventStatus.CANCELLED
     event.available = event.capacity
     event.version += 1
@@ -401,12 +420,67 @@ async def cancel_event(session: AsyncSession, *, event_id: int, gateway: Payment
     return event
 
 
+# --- the waitlist's claim on returned places ---------------------------------------------
+
+async def _close_offer(session: AsyncSession, booking: Booking, outcome: str) -> None:
+    """A waitlist offer was confirmed, cancelled or lapsed: its entry moves on."""
+    if booking.waitlist_offer:
+        await session.execute(
+            update(WaitlistEntry)
+            .where(WaitlistEntry.offer_booking_id == booking.id,
+                   WaitlistEntry.status == WaitlistStatus.OFFERED)
+            .values(status=outcome))
+
+
+async def _offer_to_waitlist(session: AsyncSession, *, event_id: int, holds: HoldTimes,
+                             now: datetime) -> None:
+    """Hand places that just came back to the oldest waiting entries they fit, as PENDING
+    bookings held for them, in the transaction that returned them: nobody else can take
+    them in between. Entries too big for what is free keep their place in the queue."""
+    event = await session.scalar(select(Event).where(Event.id == event_id)
+                                 .execution_options(populate_existing=True))
+    assert event is not None
+    available = event.available
+    if event.status != EventStatus.ON_SALE or available == 0:
+        return
+    waiting = (await session.scalars(
+        select(WaitlistEntry)
+        .where(WaitlistEntry.event_id == event_id, WaitlistEntry.status == WaitlistStatus.WAITING,
+               WaitlistEntry.quantity <= available)
+        .order_by(WaitlistEntry.id).with_for_update())).all()
+    for entry in waiting:
+        if entry.quantity > available:
+            continue
+        offer = Booking(
+            reference=new_reference(), user_id=entry.user_id, event_id=event_id,
+            status=BookingStatus.PENDING, quantity=entry.quantity, seat_ids=None,
+            total_cents=event.price_cents * entry.quantity, currency=event.currency, created_at=now,
+            expires_at=now + timedelta(seconds=holds.offer_seconds), waitlist_offer=True, version=1)
+        session.add(offer)
+        await session.flush()
+        seats = await _take(session, event=event, booking=offer, quantity=entry.quantity,
+                            seat_ids=None, expected_version=None)
+        if seats is None:  # cannot happen while we hold the event row; stay safe regardless
+            await session.delete(offer)
+            break
+        if event.is_seated:
+            offer.seat_ids = sorted(seat_id for seat_id, _ in seats)
+            offer.total_cents = sum(price for _, price in seats)
+        entry.status = WaitlistStatus.OFFERED
+        entry.offer_booking_id = offer.id
+        available -= entry.quantity
+        record_booking_update(session, offer, WaitlistStatus.OFFERED)
+        if available == 0:
+            break
+    await session.flush()
+
+
 # --- expiry -------------------------------------------------------------------------------
 
-async def expire_lapsed(session: AsyncSession, *, now: datetime | None = None,
+async def expire_lapsed(session: AsyncSession, *, holds: HoldTimes, now: datetime | None = None,
                         event_id: int | None = None, limit: int = EXPIRY_BATCH) -> int:
-    """Mark lapsed holds EXPIRED and return their places. Claims them with SKIP LOCKED, so
-    any number of sweepers (and reserves clearing the way) can run at once."""
+    """Mark lapsed holds EXPIRED and return their places, to the waitlist first. Claims them
+    with SKIP LOCKED, so any number of sweepers (and reserves clearing the way) can run at once."""
     now = now or utcnow()
     query = select(Booking).where(inventory.lapsed_hold(now))
     if event_id is not None:
@@ -423,11 +497,13 @@ async def expire_lapsed(session: AsyncSession, *, now: datetime | None = None,
         if booking.seat_ids is not None:
             seats_by_event[booking.event_id] += await inventory.set_seats_status(
                 session, booking_id=booking.id, status=SeatStatus.AVAILABLE)
+        await _close_offer(session, booking, WaitlistStatus.EXPIRED)
         record_booking_update(session, booking, BookingStatus.EXPIRED)
     for lapsed_event_id in sorted(places_by_event):
         state = await inventory.return_places(session, event_id=lapsed_event_id,
                                               quantity=places_by_event[lapsed_event_id])
         inventory.record_availability(session, state, seats_by_event[lapsed_event_id])
+        await _offer_to_waitlist(session, event_id=lapsed_event_id, holds=holds, now=now)
     await session.flush()
     return len(lapsed)
 

@@ -1,0 +1,69 @@
+"""Per-caller rate limits: fixed windows counted in Redis (shared by every instance) or in
+this process (embedded mode). Losing Redis must not stop sales, so its limiter fails open."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Protocol
+
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from app.errors import DomainError, ErrorCode
+
+logger = logging.getLogger(__name__)
+
+
+class RateLimiter(Protocol):
+    async def hit(self, key: str, *, limit: int, window_seconds: int) -> float | None:
+        """Count one call; None when allowed, else the seconds until the window reopens."""
+
+
+def _window(window_seconds: int, now: float) -> tuple[int, float]:
+    number = int(now // window_seconds)
+    return number, (number + 1) * window_seconds - now
+
+
+class MemoryRateLimiter:
+    MAX_KEYS = 100_000
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, int], int] = {}
+
+    async def hit(self, key: str, *, limit: int, window_seconds: int) -> float | None:
+        number, remaining = _window(window_seconds, time.time())
+        if len(self._counts) > self.MAX_KEYS:  # forget finished windows
+            self._counts = {k: v for k, v in self._counts.items() if k[1] >= number}
+        count = self._counts[(key, number)] = self._counts.get((key, number), 0) + 1
+        return None if count <= limit else remaining
+
+
+class RedisRateLimiter:
+    def __init__(self, url: str) -> None:
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    async def hit(self, key: str, *, limit: int, window_seconds: int) -> float | None:
+        number, remaining = _window(window_seconds, time.time())
+        redis_key = f"ratelimit:{key}:{number}"
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.incr(redis_key)
+                pipe.expire(redis_key, window_seconds + 1)
+                count, _ = await pipe.execute()
+        except (RedisError, OSError) as error:
+            logger.warning("Rate limiting skipped, Redis unreachable: %s", error)
+            return None
+        return None if count <= limit else remaining
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+async def enforce(limiter: RateLimiter, key: str, *, limit: int, window_seconds: int = 60) -> None:
+    retry_after = await limiter.hit(key, limit=limit, window_seconds=window_seconds)
+    if retry_after is not None:
+        seconds = max(1, math.ceil(retry_after))
+        raise DomainError(ErrorCode.RATE_LIMITED, f"Too many attempts: try again in {seconds} s",
+                          retry_after_seconds=seconds)
