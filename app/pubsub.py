@@ -26,6 +26,9 @@ from broadcaster import Broadcast
 from broadcaster._backends.base import BroadcastBackend
 from broadcaster._base import Event as BroadcastEvent
 from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
@@ -47,7 +50,12 @@ class ReconnectingRedisBackend(BroadcastBackend):
         self._listener: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
-        self._publisher = aioredis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
+        # After a Redis restart the pooled connection is dead, and redis-py does not retry by
+        # default: one immediate retry on a fresh connection, or the first change after the
+        # restart (subscribers have resynchronised already) would never reach anyone.
+        self._publisher = aioredis.Redis.from_url(
+            self._url, socket_timeout=2, socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), retries=1), retry_on_error=[RedisConnectionError])
         self._listener = asyncio.create_task(self._listen(), name="redis-pubsub-listener")
 
     async def disconnect(self) -> None:
@@ -83,14 +91,20 @@ class ReconnectingRedisBackend(BroadcastBackend):
             try:
                 # A dummy channel keeps the connection subscribed (and readable) while no
                 # real channel is; real channels are (re)subscribed in one command.
-                await pubsub.subscribe("bookmyevent:listener", *self._channels)
+                channels = set(self._channels)
+                await pubsub.subscribe("bookmyevent:listener", *channels)
                 self._pubsub = pubsub
+                if added := self._channels - channels:  # subscribed while we were connecting
+                    await pubsub.subscribe(*added)
                 if connected_before:
                     logger.warning("Redis pub/sub reconnected; resynchronising %d channels",
                                    len(self._channels))
-                    for channel in list(self._channels):
-                        self._queue.put_nowait(BroadcastEvent(channel, RESYNC))
                 connected_before = True
+                # Channels subscribed while there was no connection (before the first one, or
+                # since the last one dropped) may have missed messages: start them again from
+                # a snapshot.
+                for channel in list(self._channels):
+                    self._queue.put_nowait(BroadcastEvent(channel, RESYNC))
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
                     if message is not None and message["type"] == "message":
@@ -132,15 +146,16 @@ class Slot:
 
     async def next(self) -> Message | None:
         """The next merged message, or None when the subscriber must resend a snapshot."""
-        while True:
-            await self._ready.wait()
+        # Look at the state, not at the event alone: a message put after a resync must still
+        # be there on the call after the one that reports the resync.
+        while self._pending is None and not self._resync:
             self._ready.clear()
-            if self._resync:
-                self._resync = False
-                return None
-            if self._pending is not None:
-                message, self._pending = self._pending, None
-                return message
+            await self._ready.wait()
+        if self._resync:
+            self._resync = False
+            return None
+        message, self._pending = self._pending, None
+        return message
 
 
 @dataclass
