@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import logging.config
 import sys
 from pathlib import Path
 
+from app.logs import logging_config
 from app.settings import ConfigurationError, Settings, load_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MAX_WEBSOCKET_FRAME = 64 * 1024  # subscribe messages are small; refuse anything larger
 
 
 def migrate(settings: Settings) -> None:
@@ -65,8 +67,10 @@ def serve(settings: Settings) -> None:
                   file=sys.stderr)
             workers = 1
     print(f"GraphQL on http://{settings.host}:{settings.port}/graphql", file=sys.stderr)
+    # No per-message deflate: it costs memory on every websocket, and updates are small.
     uvicorn.run("app.web:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=workers, ws_per_message_deflate=False, log_level="info", access_log=False)
+                workers=workers, ws_per_message_deflate=False, ws_max_size=MAX_WEBSOCKET_FRAME,
+                log_config=logging_config(json_lines=settings.production), access_log=False)
 
 
 def schema_sdl() -> str:
@@ -87,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_argument("--name", default="Administrator")
     commands.add_parser("schema", help="print the GraphQL schema (SDL)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from app.errors import DomainError
 
     try:
         settings = load_settings()
+        logging.config.dictConfig(logging_config(json_lines=settings.production))
         if args.command == "serve":
             serve(settings)
         elif args.command == "migrate":

@@ -26,6 +26,16 @@ def _load_dotenv(path: Path = Path(".env")) -> dict[str, str]:
     return values
 
 
+def boolean(raw: str) -> bool:
+    """1/true/yes/on or 0/false/no/off, in any case."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
 class ConfigurationError(RuntimeError):
     """The environment asks for something the service refuses to run with."""
 
@@ -56,6 +66,8 @@ class Settings:
     max_aliases: int = 30
     db_pool_size: int = 20
     db_max_overflow: int = 20
+    # Off in production to hide the schema from strangers (clients ship their documents).
+    graphql_introspection: bool = True
 
     @property
     def is_sqlite(self) -> bool:
@@ -98,6 +110,7 @@ _FIELDS = {
     "MAX_ALIASES": ("max_aliases", int),
     "DB_POOL_SIZE": ("db_pool_size", int),
     "DB_MAX_OVERFLOW": ("db_max_overflow", int),
+    "GRAPHQL_INTROSPECTION": ("graphql_introspection", boolean),
 }
 
 

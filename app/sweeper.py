@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from app import metrics
 from app.resolvers.context import AppServices
 from app.services import bookings, outbox
 
@@ -17,7 +18,12 @@ async def sweep_once(services: AppServices) -> int:
     async with services.sessionmaker() as session:
         expired = await bookings.expire_lapsed(session, holds=services.hold_times)
         await session.commit()
+        holds, places = await bookings.active_holds(session)
     await services.broker.publish_all(outbox.take(session))
+    metrics.SWEEPS.inc()
+    metrics.EXPIRED_HOLDS.inc(expired)
+    metrics.ACTIVE_HOLDS.set(holds)
+    metrics.HELD_PLACES.set(places)
     return expired
 
 

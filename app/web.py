@@ -8,6 +8,7 @@ import html
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from redis import asyncio as aioredis
@@ -15,14 +16,20 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.middleware import Middleware
+from starlette.responses import FileResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from app.db import create_engine, create_sessionmaker
+from app import metrics
 from app.errors import DomainError
+from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.pubsub import Broker
 from app.resolvers.context import AppServices, Context
 from app.schema.schema import create_schema
@@ -37,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 20
 CONNECTION_INIT_TIMEOUT = timedelta(seconds=5)
+MAX_BODY_BYTES = 256 * 1024  # a GraphQL document with variables; nothing legitimate is larger
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 class GraphQLApp(GraphQL[Context, None]):
@@ -50,6 +59,16 @@ class GraphQLApp(GraphQL[Context, None]):
             max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION,
         )
         self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await super().__call__(scope, receive, send)
+            return
+        metrics.WEBSOCKETS.inc()
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            metrics.WEBSOCKETS.dec()
 
     def _base_url(self, request: Request | WebSocket) -> str:
         if self.services.settings.public_url:
@@ -76,6 +95,10 @@ class GraphQLApp(GraphQL[Context, None]):
                                                            self.services.settings)
         except DomainError:
             raise ConnectionRejectionError({"message": "Invalid or expired access token"}) from None
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "index.html")
 
 
 async def healthz(request: Request) -> Response:
@@ -160,7 +183,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/tickets/{code}", ticket),
+            Route("/metrics", metrics.metrics_endpoint),
+            Route("/", index),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
+        middleware=[Middleware(RequestIdMiddleware),
+                    Middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)],
         lifespan=lifespan,
     )
     app.state.services = services

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import metrics
 from app.errors import DomainError
 from app.resolvers.context import Context
 from app.schema.common import UserError
@@ -32,6 +33,7 @@ async def run_mutation(
                           limit=services.settings.mutation_rate_limit_per_minute)
             payload = await work(session)
         except DomainError as error:
+            metrics.OPERATIONS.labels(info.field_name, error.code.value).inc()
             if error.keep_changes:
                 await session.commit()
                 await services.broker.publish_all(outbox.take(session))
@@ -39,5 +41,6 @@ async def run_mutation(
                 await session.rollback()
             return payload_type(errors=[UserError.from_domain(error)])
         await session.commit()
+    metrics.OPERATIONS.labels(info.field_name, "ok").inc()
     await services.broker.publish_all(outbox.take(session))
     return payload

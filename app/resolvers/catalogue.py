@@ -14,13 +14,14 @@ from app.schema.catalogue import (
     EventFilter,
     EventInput,
     EventPayload,
+    EventSales,
     EventUpdateInput,
     Venue,
     VenueInput,
     VenuePayload,
 )
 from app.schema.common import PageInfo
-from app.services import bookings, catalogue
+from app.services import bookings, catalogue, reports
 
 
 @strawberry.type
@@ -53,6 +54,18 @@ class CatalogueQuery:
         return EventConnection(edges=edges, total_count=page.total_count,
                                page_info=PageInfo(has_next_page=page.has_next_page,
                                                   end_cursor=page.cursors[-1] if page.cursors else None))
+
+    @strawberry.field(description="Admin only: places sold, held and free, revenue, conversion.")
+    async def event_sales(self, info: strawberry.Info, event_id: strawberry.ID) -> EventSales:
+        info.context.require_admin()
+        async with info.context.read_session() as session:
+            sales = await reports.event_sales(session, event_id=parse_id(event_id, "eventId"))
+        return EventSales(
+            event_id=strawberry.ID(str(sales.event_id)), capacity=sales.capacity, places_sold=sales.places_sold,
+            places_held=sales.places_held, places_free=sales.places_free, revenue_cents=sales.revenue_cents,
+            currency=sales.currency, holds_created=sales.holds_created, holds_confirmed=sales.holds_confirmed,
+            conversion_rate=sales.conversion_rate, cancellations=sales.cancellations,
+            expired_holds=sales.expired_holds, waitlist_length=sales.waitlist_length)
 
     @strawberry.field
     async def venue(self, info: strawberry.Info, id: strawberry.ID) -> Venue | None:

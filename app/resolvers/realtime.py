@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import strawberry
 
+from app import metrics
 from app.errors import DomainError, ErrorCode, id_or_none
 from app.models import EventStatus, utcnow
 from app.schema.bookings import Booking
 from app.schema.realtime import AvailabilityUpdate, BookingUpdate
 from app.services import catalogue, inventory, outbox
+
+# Under a flash sale a subscriber gets the latest state at most this often, never a backlog:
+# changes that arrive meanwhile merge in its slot. Without a pause every change goes out as
+# its own message as long as the socket takes them, and a client reads them all to catch up.
+COALESCE_SECONDS = 0.05
 
 
 def merge_availability(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
@@ -55,9 +62,11 @@ class RealtimeSubscription:
         broker = info.context.services.broker
         async with broker.subscribe(outbox.availability_channel(parsed), merge_availability) as slot:
             current = await _snapshot(info, parsed)
+            metrics.SUBSCRIPTION_MESSAGES.labels("eventAvailability").inc()
             yield current
             version = current.version
             while True:
+                await asyncio.sleep(COALESCE_SECONDS)
                 message = await slot.next()
                 if message is None:  # messages may have been lost: start again from the truth
                     current = await _snapshot(info, parsed)
@@ -66,6 +75,7 @@ class RealtimeSubscription:
                 else:
                     continue  # already covered by the snapshot
                 version = current.version
+                metrics.SUBSCRIPTION_MESSAGES.labels("eventAvailability").inc()
                 yield current
 
     @strawberry.subscription(description="The signed-in user's bookings as they change.")
@@ -82,4 +92,5 @@ class RealtimeSubscription:
                 for booking_id, reason in batch.items():
                     booking = await info.context.loaders.booking.load(int(booking_id))
                     if booking is not None:
+                        metrics.SUBSCRIPTION_MESSAGES.labels("myBookingUpdates").inc()
                         yield BookingUpdate(booking=Booking.from_model(booking), reason=reason)

@@ -217,3 +217,20 @@ class VenuePayload:
 class EventPayload:
     event: Event | None = None
     errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type(description="Admin reporting for one event.")
+class EventSales:
+    event_id: strawberry.ID
+    capacity: int
+    places_sold: int = strawberry.field(description="Places in CONFIRMED bookings")
+    places_held: int = strawberry.field(description="Places in PENDING holds that have not lapsed")
+    places_free: int
+    revenue_cents: int = strawberry.field(description="Totals of CONFIRMED bookings (refunds excluded)")
+    currency: str
+    holds_created: int = strawberry.field(description="Every reservation ever made, waitlist offers included")
+    holds_confirmed: int = strawberry.field(description="Reservations that were paid (even if cancelled since)")
+    conversion_rate: float = strawberry.field(description="holdsConfirmed / holdsCreated")
+    cancellations: int
+    expired_holds: int
+    waitlist_length: int = strawberry.field(description="Entries still WAITING")

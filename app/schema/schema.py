@@ -3,13 +3,24 @@ with the document limits and the error masking every operation goes through."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
-from strawberry.extensions import MaskErrors, MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from graphql import FieldNode, GraphQLError, OperationDefinitionNode
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
+from strawberry.types.graphql import OperationType
 from strawberry.tools import merge_types
 
+from app import logs, metrics
 from app.errors import DomainError
 from app.resolvers.accounts import AccountMutation, AccountQuery
 from app.resolvers.bookings import BookingMutation, BookingQuery
@@ -33,6 +44,12 @@ class ErrorMasking(MaskErrors):
     def __init__(self) -> None:
         super().__init__(should_mask_error=self._unexpected, error_message="Internal server error")
 
+    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        masked = super().anonymise_error(error)
+        masked.message = f"Internal server error (request id {logs.request_id.get()})"
+        masked.extensions = {"code": "INTERNAL_SERVER_ERROR", "requestId": logs.request_id.get()}
+        return masked
+
     @staticmethod
     def _unexpected(error: GraphQLError) -> bool:
         original = error.original_error
@@ -45,6 +62,23 @@ class ErrorMasking(MaskErrors):
         return super()._process_errors(errors)
 
 
+class OperationTiming(SchemaExtension):
+    """Latency per query and mutation, labelled by the first root field (a bounded set)."""
+
+    def on_operation(self) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        context = self.execution_context
+        if context.operation_type == OperationType.SUBSCRIPTION or context.graphql_document is None:
+            return
+        for definition in context.graphql_document.definitions:
+            if isinstance(definition, OperationDefinitionNode):
+                first = definition.selection_set.selections[0]
+                if isinstance(first, FieldNode):
+                    metrics.OPERATION_SECONDS.labels(first.name.value).observe(time.perf_counter() - started)
+                return
+
+
 def create_schema(settings: Settings) -> strawberry.Schema:
     # Factories: strawberry builds fresh extensions for every operation.
     extensions: list[Any] = [
@@ -52,6 +86,9 @@ def create_schema(settings: Settings) -> strawberry.Schema:
         lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         ErrorMasking,
+        OperationTiming,
     ]
+    if not settings.graphql_introspection:
+        extensions.append(DisableIntrospection)
     return strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription,
                              extensions=extensions)

@@ -510,6 +510,14 @@ async def expire_lapsed(session: AsyncSession, *, holds: HoldTimes, now: datetim
 
 # --- reads --------------------------------------------------------------------------------
 
+async def active_holds(session: AsyncSession, now: datetime | None = None) -> tuple[int, int]:
+    """(holds, places) of PENDING bookings that have not lapsed."""
+    holds, places = (await session.execute(
+        select(func.count(), func.coalesce(func.sum(Booking.quantity), 0))
+        .where(Booking.status == BookingStatus.PENDING, Booking.expires_at > (now or utcnow())))).one()
+    return int(holds), int(places)
+
+
 async def get_booking(session: AsyncSession, *, caller: Identity, booking_id: int) -> Booking | None:
     booking = await session.get(Booking, booking_id)
     if booking is None or (booking.user_id != caller.user_id and not caller.is_admin):

@@ -1,0 +1,112 @@
+"""What operators rely on: health, metrics, request ids, masked errors, body limits, sales."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.logs import JsonFormatter, RequestIdFilter, request_id
+from app.models import Role
+from app.services import catalogue
+from app.settings import Settings
+from tests.conftest import GraphQLClient, free_port, running_app
+from tests.factories import make_event, make_user, token_for
+from tests.test_bookings import Buyer
+
+
+async def test_health_and_readiness(gql: GraphQLClient) -> None:
+    assert (await gql.http.get("/healthz")).json() == {"status": "ok"}
+    ready = await gql.http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+
+
+async def test_readiness_reports_an_unreachable_redis(settings: Settings, engine: AsyncEngine) -> None:
+    # The app starts without Redis (publishing and limits degrade); readiness tells the truth.
+    broken = replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    async with running_app(broken) as (_, gql):
+        ready = await gql.http.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["redis"].startswith("unavailable")
+
+
+async def test_metrics_count_outcomes_by_error_code(gql: GraphQLClient, settings: Settings,
+                                                    sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def sample(text: str, name: str, **labels: str) -> float:
+        wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{{wanted}}} "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = (await gql.http.get("/metrics")).text
+    event = await make_event(sessionmaker, capacity=1)
+    buyer = Buyer(gql, token_for(await make_user(sessionmaker), settings))
+    await buyer.reserve(event.id, quantity=1)
+    await buyer.reserve(event.id, quantity=1)
+    after = (await gql.http.get("/metrics")).text
+    for outcome in ("ok", "SOLD_OUT"):
+        labels = {"mutation": "reserveSeats", "outcome": outcome}
+        assert sample(after, "bookmyevent_mutations_total", **labels) == \
+            sample(before, "bookmyevent_mutations_total", **labels) + 1
+    assert sample(after, "bookmyevent_operation_seconds_count", operation="reserveSeats") >= 2
+
+
+async def test_request_ids_are_returned_and_in_masked_errors(
+        gql: GraphQLClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    response = await gql.http.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    made_up = (await gql.http.get("/healthz", headers={"X-Request-ID": "bad id\n"})).headers["x-request-id"]
+    assert made_up != "bad id\n" and len(made_up) == 16
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("connection to secret-db.internal:5432 refused")
+
+    monkeypatch.setattr(catalogue, "list_events", broken)
+    response = await gql.http.post("/graphql", json={"query": "{ events { totalCount } }"})
+    body = response.text
+    assert "secret-db" not in body and "RuntimeError" not in body and "Traceback" not in body
+    [error] = response.json()["errors"]
+    assert error["message"] == f"Internal server error (request id {response.headers['x-request-id']})"
+    assert error["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
+
+
+def test_json_logs_carry_the_request_id() -> None:
+    record = logging.LogRecord("app", logging.ERROR, __file__, 1, "boom %s", ("now",), None)
+    token = request_id.set("req-42")
+    try:
+        RequestIdFilter().filter(record)
+    finally:
+        request_id.reset(token)
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["message"], line["request_id"], line["level"]) == ("boom now", "req-42", "ERROR")
+
+
+async def test_oversized_bodies_are_refused(gql: GraphQLClient) -> None:
+    huge = {"query": "{ __typename }", "variables": {"padding": "x" * 300_000}}
+    assert (await gql.http.post("/graphql", json=huge)).status_code == 413
+
+
+async def test_event_sales_for_admins(gql: GraphQLClient, settings: Settings,
+                                      sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=10, price_cents=1000)
+    buyer = Buyer(gql, token_for(await make_user(sessionmaker), settings))
+    admin = token_for(await make_user(sessionmaker, role=Role.ADMIN), settings)
+    paid = (await buyer.reserve(event.id, quantity=3))["booking"]
+    await buyer.confirm(paid["id"])
+    await buyer.reserve(event.id, quantity=2)
+    dropped = (await buyer.reserve(event.id, quantity=1))["booking"]
+    await buyer.cancel(dropped["id"])
+    query = """query($id: ID!) { eventSales(eventId: $id) { capacity placesSold placesHeld placesFree
+      revenueCents currency holdsCreated holdsConfirmed conversionRate cancellations expiredHolds
+      waitlistLength } }"""
+    sales = (await gql(query, {"id": str(event.id)}, admin))["eventSales"]
+    assert sales == {"capacity": 10, "placesSold": 3, "placesHeld": 2, "placesFree": 5, "revenueCents": 3000,
+                     "currency": "USD", "holdsCreated": 3, "holdsConfirmed": 1, "conversionRate": 1 / 3,
+                     "cancellations": 1, "expiredHolds": 0, "waitlistLength": 0}
+    refused = await gql.raw(query, {"id": str(event.id)}, buyer.token)
+    assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"
