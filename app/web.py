@@ -14,10 +14,9 @@ from typing import Any
 from redis import asyncio as aioredis
 from sqlalchemy import text
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.middleware import Middleware
-from starlette.responses import FileResponse
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -26,8 +25,8 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
-from app.db import create_engine, create_sessionmaker
 from app import metrics
+from app.db import create_engine, create_sessionmaker
 from app.errors import DomainError
 from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.pubsub import Broker

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.models import Booking, Event, Payment, Role, User, utcnow
+from app.models import Booking, Event, Payment, Role, utcnow
 from app.settings import Settings
 from tests.conftest import GraphQLClient
 from tests.factories import SMALL_SEAT_MAP, make_event, make_user, token_for
@@ -83,7 +83,8 @@ async def places_taken(sessionmaker: async_sessionmaker[AsyncSession], event_id:
         return int(held or 0), event.capacity - event.available
 
 
-async def test_reserve_holds_places_for_the_hold_ttl(buyer: Buyer, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+async def test_reserve_holds_places_for_the_hold_ttl(buyer: Buyer,
+                                                     sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     event = await make_event(sessionmaker, capacity=10, price_cents=2500)
     result = await buyer.reserve(event.id, quantity=3)
     assert result["errors"] == []
@@ -99,7 +100,8 @@ async def test_reserve_holds_places_for_the_hold_ttl(buyer: Buyer, sessionmaker:
     assert await places_taken(sessionmaker, event.id) == (3, 3)
 
 
-async def test_reserve_refuses_only_for_real_reasons(buyer: Buyer, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+async def test_reserve_refuses_only_for_real_reasons(buyer: Buyer,
+                                                     sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     event = await make_event(sessionmaker, capacity=5, max_tickets_per_booking=4)
     assert codes(await buyer.reserve(event.id, quantity=5)) == ["LIMIT_EXCEEDED"]
     assert codes(await buyer.reserve(event.id, quantity=0)) == ["INVALID_INPUT"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -157,14 +157,16 @@ async def test_confirm_racing_expiry_has_one_winner(sessionmaker: async_sessionm
             await session.execute(update(Booking).where(Booking.id == booking.id).values(expires_at=lapses_at))
             await session.commit()
 
-        async def confirm_just_before(session: AsyncSession, _: int, booking_id: int = booking.id) -> str:
+        async def confirm_just_before(session: AsyncSession, _: int, booking_id: int = booking.id,
+                                      lapses_at: datetime = lapses_at) -> str:
             await bookings.confirm(session, caller=identity_of(user), booking_id=booking_id,
                                    payment_token="tok_visa", payment_method="card", idempotency_key=None,
                                    gateway=gateway, now=lapses_at - timedelta(milliseconds=1))
             return "confirmed"
 
-        async def sweep_just_after(session: AsyncSession, _: int) -> str:
-            return f"swept {await bookings.expire_lapsed(session, holds=HOLDS, now=lapses_at + timedelta(milliseconds=1))}"
+        async def sweep_just_after(session: AsyncSession, _: int, lapses_at: datetime = lapses_at) -> str:
+            expired = await bookings.expire_lapsed(session, holds=HOLDS, now=lapses_at + timedelta(milliseconds=1))
+            return f"swept {expired}"
 
         results = await race(sessionmaker, 2, lambda s, i: (confirm_just_before, sweep_just_after)[i](s, i))
         async with sessionmaker() as session:

@@ -17,8 +17,8 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     SchemaExtension,
 )
-from strawberry.types.graphql import OperationType
 from strawberry.tools import merge_types
+from strawberry.types.graphql import OperationType
 
 from app import logs, metrics
 from app.errors import DomainError
