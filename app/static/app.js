@@ -1,0 +1,463 @@
+// BookMyEvent: a small client for the GraphQL API (see API.md). No framework, no build step.
+"use strict";
+
+const TOKEN_KEY = "bme.token";
+const $ = (selector) => document.querySelector(selector);
+
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY),
+  event: null,          // the open event, as the `event` query returned it
+  seats: new Map(),     // seat id -> {seat, el}
+  selected: new Set(),  // seat ids picked for the next reservation
+  version: null,        // the inventory version the seat map shows
+  reloading: false,     // a re-read of the seats is in flight
+  newestSeen: 0,        // newest version announced while re-reading
+  hold: null,           // the user's current booking
+  live: null,           // the LiveFeed of the open event
+};
+
+const EVENT_QUERY = `query($id: ID!) { event(id: $id) {
+  id name description startsAt status availableSeats version priceCents currency maxTicketsPerBooking
+  venue { name city } seatMap { name }
+  seats { id section row number label status priceCents } } }`;
+const BOOKING_FIELDS = `booking { id reference status quantity totalCents currency expiresAt ticketUrl
+  event { id name } seats { id label } } errors { code message }`;
+const AVAILABILITY_SUBSCRIPTION = `subscription($eventId: ID!) { eventAvailability(eventId: $eventId) {
+  eventId availableSeats version status snapshot changedSeats { seatId status } } }`;
+
+// --- helpers ---------------------------------------------------------------------------------
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") el.className = value;
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  el.append(...children.flat().filter((child) => child !== null && child !== undefined));
+  return el;
+}
+
+function money(cents, currency) {
+  return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(cents / 100);
+}
+
+function showMessages(texts, kind = "error") {
+  $("#messages").replaceChildren(...texts.map((text) => h("p", { class: kind }, text)));
+}
+
+const clearMessages = () => showMessages([]);
+
+async function gql(query, variables = {}) {
+  const headers = { "Content-Type": "application/json" };
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  try {
+    const response = await fetch("/graphql", { method: "POST", headers, body: JSON.stringify({ query, variables }) });
+    const body = await response.json();
+    if (body.errors?.length) showMessages(body.errors.map((error) => error.message));
+    return body.data ?? null;
+  } catch (error) {
+    showMessages([`Network error: ${error.message}`]);
+    return null;
+  }
+}
+
+// Runs a mutation that returns a payload with `errors`; shows them; the payload on success.
+async function mutate(query, input, button) {
+  if (button) button.disabled = true;
+  try {
+    const data = await gql(query, { input });
+    const payload = data?.result;
+    if (!payload) return null;
+    if (payload.errors.length) {
+      showMessages(payload.errors.map((error) => error.message));
+      return null;
+    }
+    clearMessages();
+    return payload;
+  } finally {
+    if (button) button.disabled = false;
+    updateControls();
+  }
+}
+
+// --- account ---------------------------------------------------------------------------------
+
+function setToken(token) {
+  state.token = token;
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  if (state.event) startLive(state.event.id);  // the socket authenticates once, at connection_init
+  updateControls();
+}
+
+function showUser(user) {
+  $("#auth-form").hidden = Boolean(user);
+  $("#signed-in").hidden = !user;
+  $("#user-name").textContent = user ? `${user.name} (${user.email})` : "";
+}
+
+async function signIn(kind, button) {
+  const form = $("#auth-form");
+  const email = form.email.value.trim();
+  const input = { email, password: form.password.value };
+  if (kind === "register") input.name = form.name.value.trim() || email.split("@")[0];
+  const type = kind === "register" ? "RegisterInput" : "LoginInput";
+  const payload = await mutate(`mutation($input: ${type}!) { result: ${kind}(input: $input) {
+    accessToken user { name email } errors { code message } } }`, input, button);
+  if (!payload) return;
+  form.reset();
+  setToken(payload.accessToken);
+  showUser(payload.user);
+}
+
+async function restoreSession() {
+  if (!state.token) return showUser(null);
+  const data = await gql("query { me { name email } }");
+  if (data?.me) return showUser(data.me);
+  setToken(null);
+  showUser(null);
+  showMessages(["Your session has ended: please sign in again."]);
+}
+
+// --- catalogue -------------------------------------------------------------------------------
+
+async function loadEvents() {
+  const data = await gql(`query { events(first: 50) { edges { node {
+    id name startsAt status availableSeats venue { name city } } } } }`);
+  const events = data ? data.events.edges.map((edge) => edge.node) : [];
+  $("#event-list").replaceChildren(...(events.length ? events.map((event) => h("li", {},
+    h("a", { href: `#event/${event.id}`, class: "event", "data-event-id": event.id },
+      h("strong", {}, event.name),
+      h("span", {}, `${event.venue.name}, ${event.venue.city}`),
+      h("span", {}, new Date(event.startsAt).toLocaleString()),
+      h("span", {}, h("span", { class: "avail" }, String(event.availableSeats)), " left · ",
+        h("span", { class: "status" }, event.status))))) : [h("li", {}, "No events on sale.")]));
+}
+
+async function openEvent(id) {
+  state.selected.clear();
+  const data = await gql(EVENT_QUERY, { id });
+  if (!data?.event) {
+    showMessages(["Event not found."]);
+    return;
+  }
+  state.event = data.event;
+  const { event } = state;
+  $("#event-detail").hidden = false;
+  $("#event-name").textContent = event.name;
+  $("#event-meta").textContent = `${event.venue.name}, ${event.venue.city} · `
+    + `${new Date(event.startsAt).toLocaleString()}${event.seatMap ? "" : ` · ${money(event.priceCents, event.currency)}`}`;
+  $("#seat-area").hidden = !event.seatMap;
+  $("#ga-picker").hidden = Boolean(event.seatMap);
+  $("#quantity").max = event.maxTicketsPerBooking;
+  for (const link of document.querySelectorAll("#event-list a")) {
+    link.toggleAttribute("aria-current", link.dataset.eventId === event.id);
+  }
+  showEventState(event);
+  startLive(event.id);
+}
+
+function showEventState(event) {
+  state.version = event.version;
+  renderSeats(event.seats);
+  showAvailability(event.availableSeats, event.status);
+}
+
+function showAvailability(available, status) {
+  state.event.availableSeats = available;
+  state.event.status = status;
+  $("#available-seats").textContent = String(available);
+  $("#event-status").textContent = status.replace("_", " ").toLowerCase();
+  const listed = document.querySelector(`#event-list [data-event-id="${CSS.escape(state.event.id)}"]`);
+  if (listed) {
+    listed.querySelector(".avail").textContent = String(available);
+    listed.querySelector(".status").textContent = status;
+  }
+  updateControls();
+}
+
+// --- seat map --------------------------------------------------------------------------------
+
+function holdSeatIds() {
+  const hold = state.hold;
+  return hold?.status === "PENDING" ? new Set(hold.seats.map((seat) => seat.id)) : new Set();
+}
+
+function renderSeats(seats) {
+  state.seats.clear();
+  const sections = new Map((state.event.seatMap ?? []).map((section) => [section.name, new Map()]));
+  for (const seat of seats) {
+    if (!sections.has(seat.section)) sections.set(seat.section, new Map());
+    const rows = sections.get(seat.section);
+    if (!rows.has(seat.row)) rows.set(seat.row, []);
+    rows.get(seat.row).push(seat);
+  }
+  const mine = holdSeatIds();
+  const blocks = [...sections].map(([name, rows]) => h("div", { class: "section" },
+    h("h3", {}, name),
+    [...rows].map(([row, rowSeats]) => h("div", { class: "row" },
+      h("span", { class: "row-label", "aria-hidden": "true" }, row),
+      rowSeats.sort((a, b) => a.number - b.number).map((seat) => {
+        const el = h("button", { type: "button", class: "seat", "data-seat-id": seat.id }, String(seat.number));
+        const entry = { seat, el };
+        state.seats.set(seat.id, entry);
+        paintSeat(entry, mine);
+        return el;
+      })))));
+  $("#seat-map").replaceChildren(...blocks);
+  $("#seat-map").dataset.version = String(state.version);
+}
+
+function paintSeat({ seat, el }, mine = holdSeatIds()) {
+  if (seat.status !== "AVAILABLE") state.selected.delete(seat.id);
+  const isMine = mine.has(seat.id);
+  el.dataset.status = seat.status;
+  el.classList.toggle("mine", isMine);
+  el.disabled = seat.status !== "AVAILABLE";
+  el.setAttribute("aria-pressed", String(state.selected.has(seat.id)));
+  const price = money(seat.priceCents, state.event.currency);
+  const status = isMine ? "in your hold" : seat.status.toLowerCase();
+  el.title = `${seat.label}, ${price}: ${status}`;
+  el.setAttribute("aria-label", el.title);
+}
+
+const repaintSeats = () => {
+  const mine = holdSeatIds();
+  for (const entry of state.seats.values()) paintSeat(entry, mine);
+  updateControls();
+};
+
+function toggleSeat(button) {
+  const id = button.dataset.seatId;
+  if (state.selected.has(id)) state.selected.delete(id);
+  else if (state.selected.size >= state.event.maxTicketsPerBooking) {
+    showMessages([`At most ${state.event.maxTicketsPerBooking} tickets per booking.`]);
+    return;
+  } else state.selected.add(id);
+  button.setAttribute("aria-pressed", String(state.selected.has(id)));
+  updateControls();
+}
+
+// --- live availability -----------------------------------------------------------------------
+
+// One graphql-transport-ws connection carrying eventAvailability; reconnects with backoff.
+class LiveFeed {
+  constructor(eventId, token) {
+    Object.assign(this, { eventId, token, attempt: 0, stopped: false, ws: null, timer: null });
+    this.connect();
+  }
+
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${scheme}//${location.host}/graphql`, "graphql-transport-ws");
+    this.ws = ws;
+    setLiveState("connecting", "connecting…");
+    const send = (message) => ws.send(JSON.stringify(message));
+    ws.addEventListener("open", () => send({
+      type: "connection_init", payload: this.token ? { authorization: `Bearer ${this.token}` } : {} }));
+    ws.addEventListener("message", (message) => {
+      if (ws !== this.ws || this.stopped) return;
+      const msg = JSON.parse(message.data);
+      if (msg.type === "connection_ack") {
+        send({ id: "1", type: "subscribe",
+               payload: { query: AVAILABILITY_SUBSCRIPTION, variables: { eventId: this.eventId } } });
+      } else if (msg.type === "ping") {
+        send({ type: "pong" });
+      } else if (msg.type === "next") {
+        if (msg.payload.errors?.length) showMessages(msg.payload.errors.map((error) => error.message));
+        if (!msg.payload.data) return;
+        this.attempt = 0;
+        setLiveState("live", "live");
+        applyAvailability(msg.payload.data.eventAvailability);
+      } else if (msg.type === "error") {
+        showMessages(msg.payload.map((error) => error.message));
+        this.stop();
+        setLiveState("failed", "live updates unavailable");
+      } else if (msg.type === "complete") {
+        ws.close(1000);  // the server ended the stream: subscribe again after a pause
+      }
+    });
+    ws.addEventListener("close", () => {
+      if (ws !== this.ws || this.stopped) return;
+      const delay = Math.min(15000, 500 * 2 ** this.attempt) * (0.75 + Math.random() / 2);
+      this.attempt += 1;
+      setLiveState("reconnecting", `reconnecting in ${Math.ceil(delay / 1000)} s…`);
+      this.timer = setTimeout(() => this.connect(), delay);
+    });
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000);
+  }
+}
+
+function setLiveState(key, text) {
+  const el = $("#live-state");
+  el.dataset.state = key;
+  el.textContent = text;
+}
+
+function startLive(eventId) {
+  state.live?.stop();
+  state.live = new LiveFeed(eventId, state.token);
+}
+
+function applyAvailability(update) {
+  if (!state.event || update.eventId !== state.event.id) return;
+  showAvailability(update.availableSeats, update.status);
+  if (state.reloading) {
+    state.newestSeen = Math.max(state.newestSeen, update.version);
+    return;
+  }
+  if (update.version <= state.version && !update.snapshot) return;  // already shown
+  // A snapshot (a new or renewed connection) or a gap in versions: re-read the seats.
+  if (update.snapshot ? update.version !== state.version : update.version > state.version + 1) {
+    reloadSeats(update.version);
+    return;
+  }
+  let unknownSeat = false;
+  for (const change of update.changedSeats) {
+    const entry = state.seats.get(change.seatId);
+    if (!entry) { unknownSeat = true; continue; }
+    entry.seat.status = change.status;
+    paintSeat(entry);
+  }
+  state.version = update.version;
+  $("#seat-map").dataset.version = String(state.version);
+  updateControls();
+  if (unknownSeat) reloadSeats(update.version);
+}
+
+async function reloadSeats(version) {
+  const id = state.event.id;
+  state.reloading = true;
+  state.newestSeen = version;
+  try {
+    for (let attempt = 0; attempt < 3; attempt += 1) {
+      const data = await gql(EVENT_QUERY, { id });
+      if (!data?.event || state.event?.id !== id) return;
+      Object.assign(state.event, data.event);
+      showEventState(state.event);
+      if (state.version >= state.newestSeen) return;
+    }
+  } finally {
+    state.reloading = false;
+  }
+}
+
+// --- booking ---------------------------------------------------------------------------------
+
+function updateControls() {
+  const event = state.event;
+  const button = $("#reserve-btn");
+  const hint = $("#reserve-hint");
+  if (!event) return;
+  let reason = "";
+  if (!state.token) reason = "Sign in to reserve.";
+  else if (event.status !== "ON_SALE") reason = "This event is not on sale.";
+  else if (event.seatMap && state.selected.size === 0) reason = "Pick seats on the map.";
+  button.disabled = Boolean(reason);
+  if (reason) hint.textContent = reason;
+  else if (event.seatMap) {
+    const total = [...state.selected].reduce((sum, id) => sum + state.seats.get(id).seat.priceCents, 0);
+    hint.textContent = `${state.selected.size} selected: ${money(total, event.currency)}`;
+  } else hint.textContent = `${money(event.priceCents, event.currency)} each`;
+}
+
+async function reserve() {
+  const event = state.event;
+  const input = { eventId: event.id };
+  if (event.seatMap) input.seatIds = [...state.selected];
+  else input.quantity = Number($("#quantity").value);
+  const payload = await mutate(`mutation($input: ReserveInput!) { result: reserveSeats(input: $input) {
+    ${BOOKING_FIELDS} } }`, input, $("#reserve-btn"));
+  if (!payload) return;
+  state.selected.clear();
+  setHold(payload.booking);
+}
+
+async function pay() {
+  const payload = await mutate(`mutation($input: ConfirmInput!) { result: confirmBooking(input: $input) {
+    ${BOOKING_FIELDS} } }`, { bookingId: state.hold.id, paymentToken: "tok_visa" }, $("#pay-btn"));
+  if (!payload) return;
+  setHold(payload.booking);
+  showMessages([`Paid: booking ${payload.booking.reference} is confirmed.`], "info");
+}
+
+async function cancel() {
+  const payload = await mutate(`mutation($input: CancelInput!) { result: cancelBooking(input: $input) {
+    ${BOOKING_FIELDS} } }`, { bookingId: state.hold.id }, $("#cancel-btn"));
+  if (!payload) return;
+  setHold(payload.booking);
+  showMessages([`Booking ${payload.booking.reference} is cancelled.`], "info");
+}
+
+function setHold(booking) {
+  state.hold = booking;
+  renderHold();
+  repaintSeats();
+}
+
+function renderHold() {
+  const hold = state.hold;
+  $("#hold").hidden = !hold;
+  if (!hold) return;
+  const what = hold.seats.length ? `seats ${hold.seats.map((seat) => seat.label).join(", ")}`
+    : `${hold.quantity} place${hold.quantity === 1 ? "" : "s"}`;
+  $("#hold-summary").textContent = `${hold.reference}: ${what} for ${hold.event.name}, `
+    + `${money(hold.totalCents, hold.currency)}`;
+  $("#hold").dataset.status = hold.status;
+  $("#hold-status").textContent = hold.status.toLowerCase();
+  $("#pay-btn").hidden = hold.status !== "PENDING";
+  $("#cancel-btn").hidden = !["PENDING", "CONFIRMED"].includes(hold.status);
+  $("#ticket").hidden = !hold.ticketUrl;
+  if (hold.ticketUrl) $("#ticket-link").href = hold.ticketUrl;
+  tick();
+}
+
+function tick() {  // the hold's countdown, once a second
+  const hold = state.hold;
+  const countdown = $("#hold-countdown");
+  if (hold?.status !== "PENDING" || !hold.expiresAt) {
+    countdown.textContent = "";
+    return;
+  }
+  const left = Math.max(0, Math.round((Date.parse(hold.expiresAt) - Date.now()) / 1000));
+  countdown.textContent = `expires in ${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+  if (left === 0) {
+    hold.status = "EXPIRED";
+    setHold(hold);
+    showMessages(["Your hold has expired: the seats are back on sale."]);
+  }
+}
+
+// --- wiring ----------------------------------------------------------------------------------
+
+function routeFromHash() {
+  const match = /^#event\/(.+)$/.exec(location.hash);
+  if (match) openEvent(decodeURIComponent(match[1]));
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  $("#auth-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const button = event.submitter ?? $("#login-btn");
+    signIn(button.value === "register" ? "register" : "login", button);
+  });
+  $("#logout-btn").addEventListener("click", () => { setToken(null); showUser(null); });
+  $("#seat-map").addEventListener("click", (event) => {
+    const button = event.target.closest("button.seat");
+    if (button && !button.disabled) toggleSeat(button);
+  });
+  $("#reserve-form").addEventListener("submit", (event) => { event.preventDefault(); reserve(); });
+  $("#quantity").addEventListener("input", updateControls);
+  $("#pay-btn").addEventListener("click", pay);
+  $("#cancel-btn").addEventListener("click", cancel);
+  window.addEventListener("hashchange", routeFromHash);
+  setInterval(tick, 1000);
+  await Promise.all([restoreSession(), loadEvents()]);
+  routeFromHash();
+});
