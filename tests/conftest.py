@@ -29,7 +29,8 @@ from app.settings import Settings
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-POSTGRES_DB = os.environ.get("TEST_POSTGRES_DB", "bookmyevent_test")
+# One database per test run, so runs on one machine (several checkouts, CI) never collide.
+POSTGRES_DB = os.environ.get("TEST_POSTGRES_DB", f"bookmyevent_test_{os.getpid()}")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-keys"
 
@@ -89,6 +90,11 @@ async def postgres_database() -> AsyncIterator[str]:
     url = postgres_url()
     await asyncio.to_thread(migrate, base_settings(database_url=url))
     yield url
+    admin = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{POSTGRES_DB}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,6 @@ from app.errors import id_or_none, parse_id
 from app.resolvers.base import run_mutation
 from app.schema.bookings import (
     Booking,
-    BookingConnection,
-    BookingEdge,
     BookingStatus,
     CancelInput,
     CancelPayload,
@@ -21,7 +19,7 @@ from app.schema.bookings import (
     ReserveInput,
     ReservePayload,
 )
-from app.schema.common import PageInfo
+from app.schema.common import Connection
 from app.services import bookings
 from app.services.ratelimit import enforce
 
@@ -40,19 +38,16 @@ class BookingQuery:
 
     @strawberry.field(description="The signed-in user's bookings, newest first.")
     async def my_bookings(self, info: strawberry.Info, status: BookingStatus | None = None,
-                          first: int = 20, after: str | None = None) -> BookingConnection:
+                          first: int = 20, after: str | None = None) -> Connection[Booking]:
         identity = info.context.identity
         if identity is None:
-            return BookingConnection(edges=[], total_count=0,
-                                     page_info=PageInfo(has_next_page=False, end_cursor=None))
+            return Connection.of([], total_count=0, has_next_page=False)
         async with info.context.read_session() as session:
             page = await bookings.list_bookings(session, user_id=identity.user_id,
                                                 status=status.value if status else None,
                                                 first=first, after=after)
-        edges = [BookingEdge(cursor=bookings.encode_booking_cursor(b), node=Booking.from_model(b))
-                 for b in page.items]
-        return BookingConnection(edges=edges, total_count=page.total_count, page_info=PageInfo(
-            has_next_page=page.has_next_page, end_cursor=edges[-1].cursor if edges else None))
+        return Connection.of([(bookings.encode_booking_cursor(b), Booking.from_model(b)) for b in page.items],
+                             total_count=page.total_count, has_next_page=page.has_next_page)
 
 
 @strawberry.type

@@ -9,8 +9,6 @@ from app.errors import id_or_none, parse_id
 from app.resolvers.base import run_mutation
 from app.schema.catalogue import (
     Event,
-    EventConnection,
-    EventEdge,
     EventFilter,
     EventInput,
     EventPayload,
@@ -20,7 +18,7 @@ from app.schema.catalogue import (
     VenueInput,
     VenuePayload,
 )
-from app.schema.common import PageInfo
+from app.schema.common import Connection
 from app.services import bookings, catalogue, reports
 
 
@@ -39,21 +37,17 @@ class CatalogueQuery:
 
     @strawberry.field(description="Events by start time. Drafts are listed to admins only.")
     async def events(self, info: strawberry.Info, filter: EventFilter | None = None,
-                     first: int = 20, after: str | None = None) -> EventConnection:
+                     first: int = 20, after: str | None = None) -> Connection[Event]:
         flt = filter or EventFilter()
         identity = info.context.identity
         async with info.context.read_session() as session:
             page = await catalogue.list_events(
                 session,
-                flt=catalogue.EventFilter(search=flt.search, category=flt.category, city=flt.city,
-                                          starts_after=flt.starts_after, starts_before=flt.starts_before,
-                                          on_sale_only=flt.on_sale_only),
+                flt=catalogue.EventFilter(**vars(flt)),
                 first=first, after=after, include_drafts=bool(identity and identity.is_admin))
-        edges = [EventEdge(cursor=cursor, node=Event.from_model(event))
-                 for cursor, event in zip(page.cursors, page.items, strict=True)]
-        return EventConnection(edges=edges, total_count=page.total_count,
-                               page_info=PageInfo(has_next_page=page.has_next_page,
-                                                  end_cursor=page.cursors[-1] if page.cursors else None))
+        return Connection.of([(cursor, Event.from_model(event))
+                              for cursor, event in zip(page.cursors, page.items, strict=True)],
+                             total_count=page.total_count, has_next_page=page.has_next_page)
 
     @strawberry.field(description="Admin only: places sold, held and free, revenue, conversion.")
     async def event_sales(self, info: strawberry.Info, event_id: strawberry.ID) -> EventSales:

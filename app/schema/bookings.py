@@ -11,7 +11,7 @@ from app import models
 from app.models import utcnow
 from app.schema.accounts import User
 from app.schema.catalogue import Event, Seat
-from app.schema.common import PageInfo, UserError
+from app.schema.common import UserError
 
 
 @strawberry.enum
@@ -134,19 +134,6 @@ class Booking:
             return []
         return [Ticket(id=strawberry.ID(str(t.id)), code=t.code, status=TicketStatus(t.status), model=t)
                 for t in await info.context.loaders.tickets.load(self.model.id)]
-
-
-@strawberry.type
-class BookingEdge:
-    cursor: str
-    node: Booking
-
-
-@strawberry.type
-class BookingConnection:
-    edges: list[BookingEdge]
-    page_info: PageInfo
-    total_count: int
 
 
 @strawberry.input

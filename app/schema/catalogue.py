@@ -10,7 +10,7 @@ import strawberry
 
 from app import models
 from app.models import utcnow
-from app.schema.common import PageInfo, UserError
+from app.schema.common import UserError
 from app.services import inventory
 
 
@@ -129,19 +129,6 @@ class Event:
             rows = await inventory.seats_of_event(session, event_id=self.model.id, section=section,
                                                   now=utcnow())
         return [Seat.from_model(seat, status) for seat, status in rows]
-
-
-@strawberry.type
-class EventEdge:
-    cursor: str
-    node: Event
-
-
-@strawberry.type
-class EventConnection:
-    edges: list[EventEdge]
-    page_info: PageInfo
-    total_count: int
 
 
 @strawberry.input
