@@ -31,6 +31,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from app import metrics
+
 logger = logging.getLogger(__name__)
 
 RESYNC = "__resync__"  # sent on every channel after the backend lost messages
@@ -64,6 +66,10 @@ class ReconnectingRedisBackend(BroadcastBackend):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._publisher.aclose()
+
+    @property
+    def listening(self) -> bool:
+        return self._pubsub is not None
 
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
@@ -137,6 +143,7 @@ class Slot:
         else:
             self._pending = self._merge(self._pending, message)
             self.coalesced += 1
+            metrics.COALESCED_MESSAGES.inc()
         self._ready.set()
 
     def resync(self) -> None:
@@ -170,8 +177,8 @@ class Broker:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        backend = ReconnectingRedisBackend(url) if url.startswith(("redis://", "rediss://")) else None
-        self._broadcast = Broadcast(backend=backend) if backend else Broadcast(url)
+        self._backend = ReconnectingRedisBackend(url) if url.startswith(("redis://", "rediss://")) else None
+        self._broadcast = Broadcast(backend=self._backend) if self._backend else Broadcast(url)
         self._channels: dict[str, _Channel] = {}
 
     async def start(self) -> None:
@@ -182,6 +189,12 @@ class Broker:
             if channel.pump is not None:
                 channel.pump.cancel()
         await self._broadcast.disconnect()
+
+    @property
+    def listening(self) -> bool:
+        """False while the Redis listener is (re)connecting: changes made meanwhile reach this
+        process's subscribers only through the snapshot they get once it is back."""
+        return self._backend is None or self._backend.listening
 
     @property
     def subscriber_count(self) -> int:

@@ -120,6 +120,9 @@ async def readyz(request: Request) -> Response:
             checks["redis"] = "ok"
         except Exception as error:
             checks["redis"] = f"unavailable: {type(error).__name__}"
+        # Redis answering is not enough: until this process listens again, its subscribers
+        # get no live updates.
+        checks["pubsub"] = "ok" if services.broker.listening else "unavailable: reconnecting"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks},
                         status_code=200 if ready else 503)

@@ -1,0 +1,197 @@
+"""Real servers for end-to-end tests: the app under uvicorn (a subprocess started the way
+production starts it, or in the test's own event loop when a test must look inside it), a
+private redis-server a test may kill and restart, and a graphql-transport-ws client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+import uvicorn
+from websockets.asyncio.client import ClientConnection, connect
+
+from app.cli import MAX_WEBSOCKET_FRAME
+from tests.conftest import JWT_SECRET, GraphQLClient, free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT = 60.0  # generous: a shared machine with 2 cores
+MESSAGE_TIMEOUT = 15.0  # only to turn a hang into a failure, never a timing assertion
+NO_LIMITS = "1000000"
+
+
+class AppProcess:
+    """`bookmyevent serve` in a subprocess: migrations, uvicorn with the CLI's options."""
+
+    def __init__(self, *, database_url: str, redis_url: str, log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+                    "JWT_SECRET": JWT_SECRET, "ARGON2_TIME_COST": "1", "ARGON2_MEMORY_COST": "1024",
+                    "HOST": "127.0.0.1", "PORT": str(self.port), "SWEEP_INTERVAL_SECONDS": "3600",
+                    "RESERVE_RATE_LIMIT_PER_MINUTE": NO_LIMITS, "MUTATION_RATE_LIMIT_PER_MINUTE": NO_LIMITS,
+                    "DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "5"}  # a shared PostgreSQL: take little
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=PROJECT_ROOT,
+                                            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        async with httpx.AsyncClient(base_url=self.http_url) as http:
+            await wait_until_ready(http, self)
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(self.process.wait, 20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait)
+
+
+async def wait_until_ready(http: httpx.AsyncClient, process: AppProcess | None = None) -> None:
+    """Poll GET /readyz until it answers 200: the database and Redis reachable, and the app
+    listening on pub/sub (a subscriber that came before would get an extra snapshot then)."""
+    async with asyncio.timeout(STARTUP_TIMEOUT):
+        while True:
+            if process is not None:
+                assert process.process is not None and process.process.poll() is None, \
+                    f"server exited:\n{process.log()}"
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get("/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def app_processes(count: int, *, database_url: str, redis_url: str,
+                        log_dir: Path) -> AsyncIterator[list[AppProcess]]:
+    """`count` instances sharing one database and one Redis, started together."""
+    servers = [AppProcess(database_url=database_url, redis_url=redis_url, log_path=log_dir / f"server{i}.log")
+               for i in range(count)]
+    try:
+        await asyncio.gather(*(server.start() for server in servers))
+        yield servers
+    finally:
+        await asyncio.gather(*(server.stop() for server in servers))
+
+
+@contextlib.asynccontextmanager
+async def http_client(base_url: str) -> AsyncIterator[GraphQLClient]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=MESSAGE_TIMEOUT) as http:
+        yield GraphQLClient(http)
+
+
+@contextlib.asynccontextmanager
+async def serve_in_process(app: Any) -> AsyncIterator[str]:
+    """Serve `app` from this event loop (so a test can inspect its state) with the CLI's
+    websocket options; yields the address (host:port)."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, ws_per_message_deflate=False,
+                            ws_max_size=MAX_WEBSOCKET_FRAME, log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(), name="uvicorn")
+    try:
+        async with asyncio.timeout(STARTUP_TIMEOUT):
+            while not server.started:
+                assert not task.done(), "uvicorn did not start"
+                await asyncio.sleep(0.02)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+class RedisProcess:
+    """A private redis-server on a free port, to kill and restart under a running app."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                while True:
+                    assert self.process.poll() is None, "redis-server exited"
+                    with contextlib.suppress(redis.ConnectionError):
+                        if client.ping():
+                            return
+                    await asyncio.sleep(0.05)
+        finally:
+            client.close()
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait)
+
+
+class Subscription:
+    """One graphql-transport-ws connection carrying one subscription."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def next(self, timeout: float = MESSAGE_TIMEOUT) -> dict[str, Any]:
+        """The data of the next `next` message; fails on errors or anything else."""
+        message = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        assert message["type"] == "next", message
+        assert "errors" not in message["payload"], message["payload"]["errors"]
+        return dict(message["payload"]["data"])
+
+
+async def init_connection(url: str, payload: dict[str, Any] | None = None) -> ClientConnection:
+    """Open a websocket and send connection_init (the caller reads the answer)."""
+    ws = await connect(url, subprotocols=["graphql-transport-ws"], open_timeout=MESSAGE_TIMEOUT)  # type: ignore[list-item]
+    # Per-message deflate stays off (app/cli.py): compressing every small update costs CPU
+    # and memory per connection for little gain. The client offers it; the server must decline.
+    assert ws.response is not None and "Sec-WebSocket-Extensions" not in ws.response.headers
+    await ws.send(json.dumps({"type": "connection_init", "payload": payload or {}}))
+    return ws
+
+
+@contextlib.asynccontextmanager
+async def subscribe(url: str, query: str, variables: dict[str, Any] | None = None, *,
+                    token: str | None = None) -> AsyncIterator[Subscription]:
+    ws = await init_connection(url, {"authorization": f"Bearer {token}"} if token else None)
+    try:
+        ack = json.loads(await asyncio.wait_for(ws.recv(), MESSAGE_TIMEOUT))
+        assert ack["type"] == "connection_ack", ack
+        await ws.send(json.dumps({"id": "1", "type": "subscribe",
+                                  "payload": {"query": query, "variables": variables or {}}}))
+        yield Subscription(ws)
+    finally:
+        await ws.close()

@@ -1,0 +1,342 @@
+"""Live availability end to end: real servers, real websockets, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis import asyncio as aioredis
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from app.db import create_sessionmaker
+from app.models import Booking, BookingStatus, Seat
+from app.pubsub import Broker, Slot
+from app.resolvers.context import AppServices
+from app.resolvers.realtime import merge_availability
+from app.services import bookings, catalogue, outbox
+from app.settings import Settings
+from app.web import create_app
+from tests.conftest import GraphQLClient
+from tests.factories import SMALL_SEAT_MAP, make_event, make_users, token_for
+from tests.servers import (
+    MESSAGE_TIMEOUT,
+    RedisProcess,
+    app_processes,
+    http_client,
+    init_connection,
+    serve_in_process,
+    subscribe,
+    wait_until_ready,
+)
+from tests.test_bookings import lapse
+
+AVAILABILITY = """subscription($id: ID!) { eventAvailability(eventId: $id) {
+  eventId availableSeats version status snapshot changedSeats { seatId status } } }"""
+RESERVE = """mutation($input: ReserveInput!) { reserveSeats(input: $input) {
+  booking { id status seats { id } event { version availableSeats } } errors { code } } }"""
+CONFIRM = """mutation($input: ConfirmInput!) { confirmBooking(input: $input) {
+  booking { id status } errors { code } } }"""
+MY_BOOKINGS = "subscription { myBookingUpdates { reason booking { id status reference tickets { code } } } }"
+
+
+@pytest.fixture
+def backend() -> str:
+    return "postgres"
+
+
+@pytest.fixture
+async def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Pub/sub channels belong to the whole Redis server, not to a database: other test runs
+    or a benchmark on the same Redis have their events and users 1, 2, 3... Ours start at a
+    random id, so their messages cannot reach our subscribers."""
+    start = random.randrange(10**6, 10**9)
+    async with engine.begin() as connection:
+        for sequence in ("events_id_seq", "users_id_seq"):
+            await connection.execute(text(f"ALTER SEQUENCE {sequence} RESTART WITH {start}"))
+    return create_sessionmaker(engine)
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Settings, *, ready: bool = True) -> AsyncIterator[tuple[AppServices, str, GraphQLClient]]:
+    """The app under uvicorn in this event loop: its services (to look inside), its websocket
+    URL, and a GraphQL client over HTTP. `ready`: wait until it listens on Redis."""
+    app = create_app(settings)
+    async with serve_in_process(app) as address, http_client(f"http://{address}") as gql:
+        if ready:
+            await wait_until_ready(gql.http)
+        yield app.state.services, f"ws://{address}/graphql", gql
+
+
+async def reserve(gql: GraphQLClient, token: str, event_id: int, **fields: Any) -> dict[str, Any]:
+    payload = (await gql(RESERVE, {"input": {"eventId": str(event_id), **fields}}, token))["reserveSeats"]
+    return dict(payload)
+
+
+async def test_snapshot_then_updates_over_a_real_websocket(
+        postgres_database: str, redis_url: str, settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path) -> None:
+    general = await make_event(sessionmaker, capacity=10)
+    seated = await make_event(sessionmaker, seat_map=SMALL_SEAT_MAP)
+    [user] = await make_users(sessionmaker, 1)
+    token = token_for(user, settings)
+    async with app_processes(1, database_url=postgres_database, redis_url=redis_url,
+                             log_dir=tmp_path) as [server], http_client(server.http_url) as gql:
+        async with subscribe(server.ws_url, AVAILABILITY, {"id": str(general.id)}) as sub:
+            first = (await sub.next())["eventAvailability"]
+            assert first == {"eventId": str(general.id), "availableSeats": 10, "version": general.version,
+                             "status": "ON_SALE", "snapshot": True, "changedSeats": []}
+            booked = await reserve(gql, token, general.id, quantity=3)
+            assert booked["errors"] == []
+            update = (await sub.next())["eventAvailability"]
+            assert update == {"eventId": str(general.id), "availableSeats": 7,
+                              "version": general.version + 1, "status": "ON_SALE", "snapshot": False,
+                              "changedSeats": []}
+        async with subscribe(server.ws_url, AVAILABILITY, {"id": str(seated.id)}) as sub:
+            first = (await sub.next())["eventAvailability"]
+            assert (first["snapshot"], first["availableSeats"], first["version"]) == (True, 30, seated.version)
+            booked = await reserve(gql, token, seated.id, quantity=2)
+            held = sorted(seat["id"] for seat in booked["booking"]["seats"])
+            update = (await sub.next())["eventAvailability"]
+            assert (update["snapshot"], update["availableSeats"], update["version"]) == (False, 28, seated.version + 1)
+            assert sorted(change["seatId"] for change in update["changedSeats"]) == held
+            assert {change["status"] for change in update["changedSeats"]} == {"HELD"}
+
+
+async def test_a_change_on_one_instance_reaches_subscribers_on_another(
+        postgres_database: str, redis_url: str, settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path) -> None:
+    event = await make_event(sessionmaker, capacity=10)
+    [user] = await make_users(sessionmaker, 1)
+    async with app_processes(2, database_url=postgres_database, redis_url=redis_url, log_dir=tmp_path) as [a, b], \
+            http_client(b.http_url) as gql_b, subscribe(a.ws_url, AVAILABILITY, {"id": str(event.id)}) as sub:
+        assert (await sub.next())["eventAvailability"]["snapshot"] is True
+        assert (await reserve(gql_b, token_for(user, settings), event.id, quantity=4))["errors"] == []
+        update = (await sub.next())["eventAvailability"]
+        assert (update["snapshot"], update["availableSeats"], update["version"]) == (False, 6, event.version + 1)
+
+
+async def test_subscriptions_resynchronise_after_redis_restarts(
+        redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=10)
+    [user] = await make_users(sessionmaker, 1)
+    token = token_for(user, settings)
+    private_redis = RedisProcess()  # not started yet: the server comes up without Redis
+    try:
+        async with served(replace(settings, redis_url=private_redis.url), ready=False) as (_, ws_url, gql), \
+                subscribe(ws_url, AVAILABILITY, {"id": str(event.id)}) as sub:
+
+            async def state() -> tuple[bool, int, int]:
+                update = (await sub.next())["eventAvailability"]
+                return update["snapshot"], update["availableSeats"], update["version"] - event.version
+
+            async def book(quantity: int) -> None:
+                assert (await reserve(gql, token, event.id, quantity=quantity))["errors"] == []
+
+            # Subscribed, and booking, before Redis was ever reached: its first connection
+            # must resynchronise too.
+            assert await state() == (True, 10, 0)
+            await book(1)
+            await private_redis.start()
+            assert await state() == (True, 9, 1)
+            await book(1)
+            assert await state() == (False, 8, 2)
+
+            # A restart with nothing published meanwhile: every connection the server holds
+            # to Redis is dead, and the next publish must not be lost on one.
+            await private_redis.kill()
+            await private_redis.start()
+            assert await state() == (True, 8, 2)
+            await book(1)
+            assert await state() == (False, 7, 3)
+
+            # Redis down: booking goes on; subscribers catch up from a snapshot; readiness
+            # says whether this instance can deliver live updates.
+            await private_redis.kill()
+            await book(2)
+            async with asyncio.timeout(MESSAGE_TIMEOUT):
+                while (await gql.http.get("/readyz")).json()["checks"]["pubsub"] == "ok":
+                    await asyncio.sleep(0.05)
+            await private_redis.start()
+            assert await state() == (True, 5, 4)
+            await wait_until_ready(gql.http)
+            await book(1)
+            assert await state() == (False, 4, 5)
+    finally:
+        await private_redis.kill()
+
+
+def redis_subscriber_count(redis_url: str, channel: str) -> int:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(dict(client.pubsub_numsub(channel))[channel.encode()])
+    finally:
+        client.close()
+
+
+async def test_a_slow_subscriber_gets_the_latest_state_not_a_backlog(
+        redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    burst = 1000
+    hall = [catalogue.Section(name="Floor", price_cents=1000,
+                              rows=[catalogue.SeatRow(label=f"R{row}", seats=100) for row in range(burst // 100)])]
+    event = await make_event(sessionmaker, seat_map=hall)
+    async with sessionmaker() as session:
+        seat_ids = set((await session.scalars(select(Seat.id).where(Seat.event_id == event.id))).all())
+    [user] = await make_users(sessionmaker, 1)
+    channel = outbox.availability_channel(event.id)
+    final_version = event.version + burst
+
+    async with served(replace(settings, redis_url=redis_url)) as (services, ws_url, _), \
+            services.broker.subscribe(channel, merge_availability) as unread, \
+            subscribe(ws_url, AVAILABILITY, {"id": str(event.id)}) as sub:
+
+        async def buyer(seats: list[int]) -> None:  # one seat at a time, published after commit
+            for seat_id in seats:
+                async with sessionmaker() as session:
+                    await bookings.reserve(session, user_id=user.id, event_id=event.id, quantity=None,
+                                           seat_ids=[seat_id], idempotency_key=None, expected_version=None,
+                                           holds=services.hold_times)
+                    await session.commit()
+                await services.broker.publish_all(outbox.take(session))
+
+        assert (await sub.next())["eventAvailability"]["version"] == event.version
+        await asyncio.gather(*(buyer(sorted(seat_ids)[i::4]) for i in range(4)))
+
+        # A slot nobody reads holds one merged message, whatever the burst.
+        async with asyncio.timeout(MESSAGE_TIMEOUT):
+            while unread._pending is None or unread._pending["version"] < final_version:
+                await asyncio.sleep(0.05)
+        assert unread.coalesced == burst - 1
+        merged = unread._pending
+        assert (merged["availableSeats"], merged["status"]) == (0, "SOLD_OUT")
+        assert {change["seatId"] for change in merged["changedSeats"]} == seat_ids
+        assert {change["status"] for change in merged["changedSeats"]} == {"HELD"}
+        ws_slots = services.broker._channels[channel].slots - {unread}
+        assert len(ws_slots) == 1 and next(iter(ws_slots)).coalesced > 0
+
+        # The websocket subscriber, reading only now, reaches the final state in far fewer
+        # messages, and every seat change is in one of them.
+        received = [(await sub.next())["eventAvailability"]]
+        while received[-1]["version"] < final_version:
+            received.append((await sub.next())["eventAvailability"])
+        assert len(received) < burst
+        assert (received[-1]["availableSeats"], received[-1]["status"]) == (0, "SOLD_OUT")
+        versions = [update["version"] for update in received]
+        assert versions == sorted(set(versions))
+        assert {int(change["seatId"]) for update in received for change in update["changedSeats"]} == seat_ids
+
+
+async def test_a_slot_keeps_a_message_that_arrives_after_a_resync() -> None:
+    slot = Slot(merge_availability)
+    slot.put({"version": 1, "changedSeats": []})
+    slot.resync()  # drops what was pending: the snapshot that follows covers it
+    slot.put({"version": 2, "changedSeats": []})
+    assert await slot.next() is None
+    kept = await asyncio.wait_for(slot.next(), MESSAGE_TIMEOUT)
+    assert kept is not None and kept["version"] == 2
+
+
+async def test_dropped_connections_leave_nothing_behind(
+        redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=10)
+    channel = outbox.availability_channel(event.id)
+    # A small pool: the snapshots queue for it instead of taking a shared server's connections.
+    async with served(replace(settings, redis_url=redis_url, db_pool_size=5, db_max_overflow=0)) \
+            as (services, ws_url, _):
+        broker: Broker = services.broker
+        baseline = len(asyncio.all_tasks())
+
+        async def connection(index: int) -> None:
+            async with subscribe(ws_url, AVAILABILITY, {"id": str(event.id)}) as sub:
+                if index % 3 != 2:  # some leave before their snapshot, possibly mid-subscribe
+                    assert (await sub.next())["eventAvailability"]["snapshot"] is True
+                if index % 3 != 0:  # some vanish without a closing handshake
+                    sub.ws.transport.abort()
+
+        for batch in range(20):
+            await asyncio.gather(*(connection(batch * 50 + i) for i in range(50)))
+        async with asyncio.timeout(MESSAGE_TIMEOUT):
+            while broker.subscriber_count or broker._channels or len(asyncio.all_tasks()) > baseline:
+                await asyncio.sleep(0.05)
+        assert redis_subscriber_count(redis_url, channel) == 0
+
+
+async def test_a_rolled_back_reserve_publishes_nothing(
+        redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=3)
+    first, second = await make_users(sessionmaker, 2)
+    channels = [outbox.availability_channel(event.id), outbox.bookings_channel(first.id)]
+    async with served(replace(settings, redis_url=redis_url)) as (_, ws_url, gql), \
+            aioredis.Redis.from_url(redis_url) as raw, raw.pubsub(ignore_subscribe_messages=True) as published:
+        held = await reserve(gql, token_for(first, settings), event.id, quantity=2)
+        await lapse(sessionmaker, held["booking"]["id"])
+        await published.subscribe(*channels)  # every message, unmerged, in publishing order
+        async with subscribe(ws_url, AVAILABILITY, {"id": str(event.id)}) as sub:
+            snapshot = (await sub.next())["eventAvailability"]  # the lapsed hold counts as free
+            assert (snapshot["snapshot"], snapshot["availableSeats"]) == (True, 3)
+            # Taking 4 expires the lapsed hold first (recording its release and the EXPIRED
+            # booking update), then still fails: all of it is rolled back, none of it published.
+            failed = await reserve(gql, token_for(second, settings), event.id, quantity=4)
+            assert [error["code"] for error in failed["errors"]] == ["NOT_ENOUGH_SEATS"]
+            assert (await reserve(gql, token_for(second, settings), event.id, quantity=1))["errors"] == []
+            update = (await sub.next())["eventAvailability"]
+            assert (update["snapshot"], update["availableSeats"], update["version"], update["status"]) == \
+                (False, 0, event.version + 2, "SOLD_OUT")
+            async with asyncio.timeout(MESSAGE_TIMEOUT):
+                while (message := await published.get_message(timeout=1.0)) is None:
+                    pass  # subscribe confirmations, or nothing yet
+            assert message["channel"].decode() == channels[0]
+            assert (json.loads(message["data"])["version"], json.loads(message["data"])["availableSeats"]) == \
+                (event.version + 2, 0)
+    async with sessionmaker() as session:  # the expiry was rolled back too
+        booking = await session.get(Booking, int(held["booking"]["id"]))
+        assert booking is not None and booking.status == BookingStatus.PENDING
+
+
+async def test_my_booking_updates_and_websocket_authentication(
+        redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=5)
+    [user] = await make_users(sessionmaker, 1)
+    token = token_for(user, settings)
+    async with served(replace(settings, redis_url=redis_url)) as (_, ws_url, gql):
+        # No connection_init at all: closed once the server's wait (5 s) is over.
+        silent = await connect(ws_url, subprotocols=["graphql-transport-ws"])  # type: ignore[list-item]
+        try:
+            bad = await init_connection(ws_url, {"authorization": "Bearer not-a-token"})
+            with pytest.raises(ConnectionClosed) as rejected:
+                await asyncio.wait_for(bad.recv(), MESSAGE_TIMEOUT)
+            assert rejected.value.rcvd is not None and rejected.value.rcvd.code == 4403
+
+            async with subscribe(ws_url, MY_BOOKINGS) as anonymous:  # allowed, but not this
+                refused = json.loads(await asyncio.wait_for(anonymous.ws.recv(), MESSAGE_TIMEOUT))
+                assert [error["extensions"]["code"] for error in refused["payload"]["errors"]] == ["UNAUTHENTICATED"]
+
+            async with subscribe(ws_url, MY_BOOKINGS, token=token) as sub:
+                # Nothing is sent on subscribing: wait until the server listens on Redis.
+                async with asyncio.timeout(MESSAGE_TIMEOUT):
+                    while not redis_subscriber_count(redis_url, outbox.bookings_channel(user.id)):
+                        await asyncio.sleep(0.05)
+                booking_id = (await reserve(gql, token, event.id, quantity=2))["booking"]["id"]
+                confirmed = (await gql(CONFIRM, {"input": {"bookingId": booking_id, "paymentToken": "tok_visa"}},
+                                       token))["confirmBooking"]
+                assert confirmed["errors"] == []
+                update = (await sub.next())["myBookingUpdates"]
+                assert update["reason"] == "CONFIRMED"
+                assert (update["booking"]["id"], update["booking"]["status"]) == (booking_id, "CONFIRMED")
+                assert len(update["booking"]["tickets"]) == 2
+
+            with pytest.raises(ConnectionClosed) as timed_out:
+                await asyncio.wait_for(silent.recv(), MESSAGE_TIMEOUT)
+            assert timed_out.value.rcvd is not None and timed_out.value.rcvd.code == 4408
+        finally:
+            await silent.close()
