@@ -9,6 +9,9 @@ import time
 from typing import Protocol
 
 from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from app.errors import DomainError, ErrorCode
@@ -42,7 +45,10 @@ class MemoryRateLimiter:
 
 class RedisRateLimiter:
     def __init__(self, url: str) -> None:
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        # One retry on a fresh connection: after a Redis restart the pooled one is dead.
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=0.5, socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), retries=1), retry_on_error=[RedisConnectionError])
 
     async def hit(self, key: str, *, limit: int, window_seconds: int) -> float | None:
         number, remaining = _window(window_seconds, time.time())
