@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from cross_web import HTTPException
 from redis import asyncio as aioredis
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -68,6 +70,17 @@ class GraphQLApp(GraphQL[Context, None]):
             await super().__call__(scope, receive, send)
         finally:
             metrics.WEBSOCKETS.dec()
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """Request bodies are a JSON object (or a batch): anything else, or bytes that are not
+        UTF-8, is the client's error (strawberry itself would fail on them with a 500)."""
+        try:
+            decoded = json.loads(data)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+            raise HTTPException(400, "Unable to parse request body as JSON") from None
+        if not isinstance(decoded, dict | list):
+            raise HTTPException(400, "The request body must be a JSON object")
+        return decoded
 
     def _base_url(self, request: Request | WebSocket) -> str:
         if self.services.settings.public_url:

@@ -95,12 +95,9 @@ async def build_world(sessionmaker: async_sessionmaker[AsyncSession], settings: 
             await catalogue.publish_event(session, event_id=published.id)
 
         async def reserve(user_id: int, event_id: int, quantity: int) -> Booking:
-            booking = await bookings.reserve(session, user_id=user_id, event_id=event_id, quantity=quantity,
-                                             seat_ids=None, idempotency_key=None, expected_version=None,
-                                             holds=HOLDS)
-            # The services expect one call per session: let the next one load what this changed.
-            session.expunge_all()
-            return booking
+            return await bookings.reserve(session, user_id=user_id, event_id=event_id, quantity=quantity,
+                                          seat_ids=None, idempotency_key=None, expected_version=None,
+                                          holds=HOLDS)
 
         for sold_out in (waitlisted, full):
             await reserve(filler.id, sold_out.id, 1)

@@ -81,7 +81,7 @@ class Payment(Base):
 
 
 class Ticket(Base):
-    """One admission. `code` is 128 random bits looked up here: unguessable and revocable."""
+    """One admission. `code` is 256 random bits looked up here: unguessable and revocable."""
 
     __tablename__ = "tickets"
 

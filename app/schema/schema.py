@@ -23,7 +23,7 @@ from strawberry.tools import merge_types
 from strawberry.types.graphql import OperationType
 
 from app import logs, metrics
-from app.errors import DomainError
+from app.errors import DomainError, ErrorCode
 from app.resolvers.accounts import AccountMutation, AccountQuery
 from app.resolvers.bookings import BookingMutation, BookingQuery
 from app.resolvers.catalogue import CatalogueMutation, CatalogueQuery
@@ -41,24 +41,56 @@ Mutation = merge_types("Mutation", (AccountMutation, CatalogueMutation, BookingM
 Subscription = merge_types("Subscription", (RealtimeSubscription,))
 
 
+def is_server_fault(error: GraphQLError) -> bool:
+    """Not the client's doing: neither GraphQL's own errors nor an expected DomainError."""
+    original = error.original_error
+    return original is not None and not isinstance(original, (DomainError, GraphQLError))
+
+
+class BookMyEventSchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        """Log server faults only: clients can send malformed documents as fast as they like,
+        and a stack trace for each would bury the real faults."""
+        super().process_errors([error for error in errors if is_server_fault(error)], execution_context)
+
+
+class RefuseNulCharacters(SchemaExtension):
+    """PostgreSQL text cannot hold U+0000: refuse it in any input, literal or variable, as the
+    client's error, before anything reaches a resolver or the database."""
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        query = context.query or ""
+        if "\\u0000" in query or "\x00" in query or _contains_nul(context.variables):
+            # Set before validation runs: strawberry then skips it and answers with these.
+            context.pre_execution_errors = [GraphQLError(
+                "Text may not contain NUL characters", extensions={"code": ErrorCode.INVALID_INPUT.value})]
+        yield
+
+
+def _contains_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_contains_nul(item) for item in value)
+    return False
+
+
 class ErrorMasking(MaskErrors):
     """Top-level errors: GraphQL's own (malformed documents) pass as they are; a DomainError
     raised by a query or subscription keeps its safe message and gets its code; anything
     else is a server fault, logged by strawberry and shown only as a generic message."""
 
     def __init__(self) -> None:
-        super().__init__(should_mask_error=self._unexpected, error_message="Internal server error")
+        super().__init__(should_mask_error=is_server_fault, error_message="Internal server error")
 
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
         masked = super().anonymise_error(error)
         masked.message = f"Internal server error (request id {logs.request_id.get()})"
         masked.extensions = {"code": "INTERNAL_SERVER_ERROR", "requestId": logs.request_id.get()}
         return masked
-
-    @staticmethod
-    def _unexpected(error: GraphQLError) -> bool:
-        original = error.original_error
-        return original is not None and not isinstance(original, (DomainError, GraphQLError))
 
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
         for error in errors:
@@ -96,10 +128,11 @@ def create_schema(settings: Settings) -> strawberry.Schema:
         lambda: depth_limit,
         lambda: alias_limit,
         lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
+        RefuseNulCharacters,
         ErrorMasking,
         OperationTiming,
     ]
     if not settings.graphql_introspection:
         extensions.append(DisableIntrospection)
-    return strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription,
+    return BookMyEventSchema(query=Query, mutation=Mutation, subscription=Subscription,
                              extensions=extensions)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from collections import defaultdict
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ REFERENCE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 MAX_SEATS_PER_REQUEST = 100
 EXPIRY_BATCH = 500
+TICKET_CODE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # secrets.token_urlsafe's alphabet
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ async def reserve(
                              request={"eventId": event_id, "quantity": quantity, "seatIds": seat_ids})
     if replay := await _replayed(session, claim):
         return replay
-    event = await session.get(Event, event_id)
+    event = await session.get(Event, event_id, populate_existing=True)
     if event is None or event.status == EventStatus.DRAFT:
         raise not_found("Event")
     quantity = _check_request(event, quantity, seat_ids)
@@ -565,7 +567,7 @@ async def tickets_of(session: AsyncSession, booking_ids: list[int]) -> dict[int,
 async def find_tickets(session: AsyncSession, code: str) -> dict[str, Any] | None:
     """What a ticket code admits: by the booking's code all its tickets, by one ticket's code
     that ticket. None for unknown codes and for bookings that are not CONFIRMED."""
-    if not code or len(code) > 64:
+    if not TICKET_CODE.fullmatch(code):  # not one of ours: no need to ask the database
         return None
     booking = await session.scalar(select(Booking).where(Booking.ticket_code == code))
     if booking is not None:

@@ -5,6 +5,11 @@ conditional UPDATE, so PostgreSQL's row lock orders concurrent buyers and its re
 the WHERE clause after the lock wait makes sure nobody takes a place that is gone, while
 everybody who fits succeeds. Seats are locked in id order before the event row; bookings
 before seats. Holds past `expires_at` count as free to every read, before any sweeper.
+
+The statements leave ORM objects already loaded in the session as they were
+(`synchronize_session=False`): callers use what RETURNING gives them, and re-read with
+`populate_existing` where they need the row as it is now. (Letting SQLAlchemy expire the
+objects instead would make a later attribute access load lazily, which async sessions forbid.)
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ async def take_places(session: AsyncSession, *, event_id: int, quantity: int) ->
             status=case((Event.available == quantity, EventStatus.SOLD_OUT), else_=Event.status),
         )
         .returning(*_EVENT_STATE)
+        .execution_options(synchronize_session=False)
     )
     return result.one_or_none()
 
@@ -71,6 +77,7 @@ async def return_places(session: AsyncSession, *, event_id: int, quantity: int) 
                         else_=Event.status),
         )
         .returning(*_EVENT_STATE)
+        .execution_options(synchronize_session=False)
     )
     return result.one()
 
@@ -80,6 +87,7 @@ async def bump_version(session: AsyncSession, *, event_id: int) -> Any:
     result = await session.execute(
         update(Event).where(Event.id == event_id).values(version=Event.version + 1)
         .returning(*_EVENT_STATE)
+        .execution_options(synchronize_session=False)
     )
     return result.one()
 
@@ -98,6 +106,7 @@ async def hold_seats(
         update(Seat).where(Seat.id.in_(free.scalar_subquery()))
         .values(status=SeatStatus.HELD, booking_id=booking_id)
         .returning(Seat.id, Seat.price_cents)
+        .execution_options(synchronize_session=False)
     )
     return [(row.id, row.price_cents) for row in result]
 
@@ -133,6 +142,7 @@ async def hold_best_seats(
         update(Seat).where(Seat.id.in_(chosen))
         .values(status=SeatStatus.HELD, booking_id=booking_id)
         .returning(Seat.id, Seat.price_cents)
+        .execution_options(synchronize_session=False)
     )
     return [(row.id, row.price_cents) for row in result]
 
@@ -158,6 +168,7 @@ async def set_seats_status(session: AsyncSession, *, booking_id: int, status: st
         update(Seat).where(Seat.booking_id == booking_id)
         .values(status=status, booking_id=holder)
         .returning(Seat.id)
+        .execution_options(synchronize_session=False)
     )
     return [(seat_id, status) for seat_id in result.scalars()]
 
