@@ -1,0 +1,234 @@
+"""The benchmark's plumbing: its own database, the server subprocess, a GraphQL client.
+
+Everything talks to 127.0.0.1 only. The server runs in its own process group and is always
+stopped (SIGTERM to the group, SIGKILL after a grace period) by `Server.stop`, which the
+caller runs in a `finally`; an `atexit` hook repeats it for exits that skip the finally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+DB_NAME = "bookmyevent_bench"
+ASYNCPG_DSN = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{DB_NAME}"
+DATABASE_URL = f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{DB_NAME}"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+JWT_SECRET = "bench-only-secret-0123456789abcdef-0123456789abcdef"
+ADMIN_EMAIL, ADMIN_PASSWORD = "admin@bench.example.com", "bench-admin-password"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLI = str(Path(sys.executable).parent / "bookmyevent")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env(port: int, workers: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": DATABASE_URL,
+        "REDIS_URL": REDIS_URL,
+        "JWT_SECRET": JWT_SECRET,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WORKERS": str(workers),
+        "ARGON2_TIME_COST": "1",
+        "ARGON2_MEMORY_COST": "1024",
+        # Limits are counted (their Redis round trips are part of what is measured) but set
+        # far above what one benchmark client on one IP does.
+        "RESERVE_RATE_LIMIT_PER_MINUTE": "100000",
+        "MUTATION_RATE_LIMIT_PER_MINUTE": "1000000",
+        "LOGIN_RATE_LIMIT_PER_MINUTE": "1000000",
+        "LOGIN_IP_RATE_LIMIT_PER_MINUTE": "1000000",
+    })
+    return env
+
+
+async def recreate_database() -> None:
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {DB_NAME}")
+    finally:
+        await conn.close()
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run([CLI, *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=180)
+    if done.returncode != 0:
+        raise RuntimeError(f"bookmyevent {args[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+
+class Server:
+    """`bookmyevent serve` in its own process group, with its output in a log file."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.port = int(env["PORT"])
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(tempfile.gettempdir()) / f"bookmyevent-bench-server-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the child's lifetime
+        self.process = subprocess.Popen([CLI, "serve"], env=self.env, cwd=REPO_ROOT, stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+        log.close()
+        atexit.register(self.stop)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.process.returncode}; see {self.log_path}")
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                    async with session.get(self.base_url + "/readyz",
+                                           timeout=aiohttp.ClientTimeout(total=3)) as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"server not ready after {timeout}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+        # Workers are in the same group; make sure none outlived the supervisor.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def log_problems(self) -> list[str]:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        # Plain ("ERROR name: ...") or JSON ({"level": "ERROR", ...}) log lines.
+        return [line for line in lines if line.startswith(("ERROR", "CRITICAL"))
+                or '"level": "ERROR"' in line or '"level": "CRITICAL"' in line]
+
+
+# --- GraphQL over HTTP ------------------------------------------------------------------
+
+# Reasons a request may fail that are a real answer, not a fault (API.md "Reserve").
+REAL_REASONS = frozenset({"SOLD_OUT", "NOT_ENOUGH_SEATS", "SEATS_UNAVAILABLE"})
+
+
+@dataclass(slots=True)
+class Outcome:
+    code: str            # "OK", a UserError code, or HTTP_<status>/GRAPHQL_ERROR/TIMEOUT/CONNECTION
+    payload: Any = None  # the mutation's or query's payload when there is one
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "OK"
+
+    @property
+    def fault(self) -> bool:
+        return not self.ok and self.code not in REAL_REASONS
+
+
+def body_of(query: str, variables: dict[str, Any] | None = None) -> bytes:
+    return json.dumps({"query": query, "variables": variables or {}}).encode()
+
+
+def headers_for(token: str | None) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+class Client:
+    """One aiohttp session (keep-alive pool of `connections`) posting to /graphql."""
+
+    def __init__(self, base_url: str, connections: int, timeout: float = 60) -> None:
+        self.url = base_url + "/graphql"
+        self.connections = connections
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections, limit_per_host=connections,
+                                           keepalive_timeout=3),  # below uvicorn's 5 s: no reuse races
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            json_serialize=json.dumps,
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def raw(self, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+        async with self.session.post(self.url, data=body, headers=headers) as response:
+            data = await response.read()
+            status = response.status
+        try:
+            return status, json.loads(data)
+        except ValueError:
+            return status, None
+
+    async def call(self, body: bytes, headers: dict[str, str], field: str) -> Outcome:
+        """POST one operation and classify the answer of its top-level `field`."""
+        try:
+            status, doc = await self.raw(body, headers)
+        except TimeoutError:
+            return Outcome("TIMEOUT")
+        except (aiohttp.ClientError, OSError):
+            return Outcome("CONNECTION")
+        if status != 200 or not isinstance(doc, dict):
+            return Outcome(f"HTTP_{status}")
+        if doc.get("errors") or not doc.get("data"):
+            return Outcome("GRAPHQL_ERROR", doc.get("errors"))
+        payload = doc["data"].get(field)
+        if isinstance(payload, dict) and payload.get("errors"):
+            return Outcome(payload["errors"][0]["code"], payload)
+        return Outcome("OK", payload)
+
+    async def op(self, query: str, variables: dict[str, Any] | None, field: str,
+                 token: str | None = None) -> Outcome:
+        return await self.call(body_of(query, variables), headers_for(token), field)
+
+    async def warm(self, count: int | None = None) -> None:
+        """Open (up to) `count` keep-alive connections with trivial requests, all at once."""
+        count = count or self.connections
+        body, headers = body_of("{ __typename }"), headers_for(None)
+        await asyncio.gather(*(self.raw(body, headers) for _ in range(count)),
+                             return_exceptions=True)
