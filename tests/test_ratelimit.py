@@ -55,9 +55,9 @@ async def test_redis_limits_are_shared_between_instances(redis_url: str) -> None
     key = f"test:{uuid.uuid4()}"
     one, two = RedisRateLimiter(redis_url), RedisRateLimiter(redis_url)
     try:
-        assert await one.hit(key, limit=2, window_seconds=60) is None
-        assert await two.hit(key, limit=2, window_seconds=60) is None
-        retry_after = await one.hit(key, limit=2, window_seconds=60)
+        assert await one.hit([(key, 2)], window_seconds=60) is None
+        assert await two.hit([(key, 2)], window_seconds=60) is None
+        retry_after = await one.hit([(key, 2), (f"{key}:other", 100)], window_seconds=60)
         assert retry_after is not None and 0 < retry_after <= 60
     finally:
         await one.close()
@@ -69,7 +69,7 @@ async def test_limiter_fails_open_without_redis(caplog: pytest.LogCaptureFixture
     try:
         with caplog.at_level(logging.WARNING, logger="app.services.ratelimit"):
             for _ in range(3):
-                assert await limiter.hit("anyone", limit=1, window_seconds=60) is None
+                assert await limiter.hit([("anyone", 1)], window_seconds=60) is None
         assert "Rate limiting skipped" in caplog.text
     finally:
         await limiter.close()

@@ -8,7 +8,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.resolvers.base import run_mutation
 from app.schema.accounts import AuthPayload, LoginInput, LogoutPayload, RegisterInput, User
 from app.services import accounts
-from app.services.ratelimit import enforce
 
 
 def _signed_in(session: accounts.Session) -> AuthPayload:
@@ -40,15 +39,13 @@ class AccountMutation:
     @strawberry.mutation
     async def login(self, info: strawberry.Info, input: LoginInput) -> AuthPayload:
         async def work(session: AsyncSession) -> AuthPayload:
-            # Against password guessing: per account, and per client across accounts.
-            limiter, settings = info.context.services.limiter, info.context.settings
-            await enforce(limiter, f"login:email:{input.email.strip().lower()}",
-                          limit=settings.login_rate_limit_per_minute)
-            await enforce(limiter, f"login:ip:{info.context.client_ip}",
-                          limit=settings.login_ip_rate_limit_per_minute)
             return _signed_in(await accounts.login(
                 session, email=input.email, password=input.password, settings=info.context.settings))
-        return await run_mutation(info, AuthPayload, work)
+        # Against password guessing: per account, and per client across accounts.
+        settings = info.context.settings
+        return await run_mutation(info, AuthPayload, work, limits=[
+            (f"login:email:{input.email.strip().lower()}", settings.login_rate_limit_per_minute),
+            (f"login:ip:{info.context.client_ip}", settings.login_ip_rate_limit_per_minute)])
 
     @strawberry.mutation(description="Rotate: the refresh token given dies, a new pair is issued.")
     async def refresh_token(self, info: strawberry.Info, refresh_token: str) -> AuthPayload:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import strawberry
@@ -13,7 +13,7 @@ from app.errors import DomainError
 from app.resolvers.context import Context
 from app.schema.common import UserError
 from app.services import outbox
-from app.services.ratelimit import enforce
+from app.services.ratelimit import Limit, enforce
 
 Payload = TypeVar("Payload")
 
@@ -22,15 +22,19 @@ async def run_mutation(
     info: strawberry.Info[Context, Any],
     payload_type: Callable[..., Payload],
     work: Callable[[AsyncSession], Awaitable[Payload]],
+    *,
+    limits: Sequence[Limit] = (),
 ) -> Payload:
-    """Run `work` in one transaction. On success commit, then publish what it recorded.
+    """Run `work` in one transaction, once the caller is within the general mutation limit
+    and `limits` (all counted in one round trip). On success commit, then publish what it recorded.
     A `DomainError` becomes the payload's `errors` (rolled back unless it asks to keep its
     changes); anything else rolls back and surfaces as a masked server error."""
     services = info.context.services
     async with services.sessionmaker() as session:
         try:
-            await enforce(services.limiter, f"mutation:{info.context.caller_key}",
-                          limit=services.settings.mutation_rate_limit_per_minute)
+            await enforce(services.limiter, [
+                (f"mutation:{info.context.caller_key}", services.settings.mutation_rate_limit_per_minute),
+                *limits])
             payload = await work(session)
         except DomainError as error:
             metrics.OPERATIONS.labels(info.field_name, error.code.value).inc()

@@ -21,7 +21,6 @@ from app.schema.bookings import (
 )
 from app.schema.common import Connection
 from app.services import bookings
-from app.services.ratelimit import enforce
 
 
 @strawberry.type
@@ -56,8 +55,6 @@ class BookingMutation:
     async def reserve_seats(self, info: strawberry.Info, input: ReserveInput) -> ReservePayload:
         async def work(session: AsyncSession) -> ReservePayload:
             identity = info.context.require_user()
-            await enforce(info.context.services.limiter, f"reserve:{identity.user_id}",
-                          limit=info.context.settings.reserve_rate_limit_per_minute)
             seat_ids = None
             if input.seat_ids is not None:
                 seat_ids = [parse_id(seat_id, "seatIds") for seat_id in input.seat_ids]
@@ -66,7 +63,10 @@ class BookingMutation:
                 quantity=input.quantity, seat_ids=seat_ids, idempotency_key=input.idempotency_key,
                 expected_version=input.expected_version, holds=info.context.services.hold_times)
             return ReservePayload(booking=Booking.from_model(booking))
-        return await run_mutation(info, ReservePayload, work)
+        identity = info.context.identity
+        limits = [(f"reserve:{identity.user_id}", info.context.settings.reserve_rate_limit_per_minute)] \
+            if identity else []
+        return await run_mutation(info, ReservePayload, work, limits=limits)
 
     @strawberry.mutation(description="Pay for a hold and get tickets.")
     async def confirm_booking(self, info: strawberry.Info, input: ConfirmInput) -> ConfirmPayload:

@@ -153,7 +153,17 @@ def _check_event(event: Event, expected_version: int | None) -> None:
                           current_version=event.version)
 
 
-async def _why_not_taken(session: AsyncSession, event_id: int, now: datetime) -> DomainError:
+def _refusal(available: int, seat_ids: list[int] | None) -> DomainError:
+    if seat_ids is not None:
+        return DomainError(ErrorCode.SEATS_UNAVAILABLE, "Some of the chosen seats were just taken: choose others",
+                           field="seatIds", available_seats=available)
+    if available == 0:
+        return DomainError(ErrorCode.SOLD_OUT, "Sold out", available_seats=0)
+    return DomainError(ErrorCode.NOT_ENOUGH_SEATS, f"Only {available} left", available_seats=available)
+
+
+async def _why_not_taken(session: AsyncSession, event_id: int, seat_ids: list[int] | None,
+                         now: datetime) -> DomainError:
     """Explain a take that found nothing, from the event as it is now. The places being
     gone is the real reason even when the caller's expected version is also stale."""
     event = await session.scalar(select(Event).where(Event.id == event_id)
@@ -163,10 +173,8 @@ async def _why_not_taken(session: AsyncSession, event_id: int, now: datetime) ->
         _check_event(event, None)
     except DomainError as error:
         return error
-    available = event.available + (await inventory.lapsed_places(session, [event_id], now)).get(event_id, 0)
-    if available == 0:
-        return DomainError(ErrorCode.SOLD_OUT, "Sold out", available_seats=0)
-    return DomainError(ErrorCode.NOT_ENOUGH_SEATS, f"Only {available} left", available_seats=available)
+    lapsed = (await inventory.lapsed_places(session, [event_id], now)).get(event_id, 0)
+    return _refusal(event.available + lapsed, seat_ids)
 
 
 async def _take(
@@ -224,6 +232,17 @@ async def reserve(
         raise not_found("Event")
     quantity = _check_request(event, quantity, seat_ids)
     _check_event(event, expected_version)
+    # Only holds that have lapsed can stand between a buyer and places the counter does not
+    # show, and expiring them returns those places (one version step of our own, or more if
+    # the waitlist takes them: the caller's expected version was checked just above).
+    cleared_lapsed = False
+    if event.available < quantity:
+        # Short already: decide before writing anything, so the refused buyers of a sold-out
+        # event cost two queries, not six.
+        cleared_lapsed = bool(await expire_lapsed(session, holds=holds, now=now, event_id=event.id))
+        if not cleared_lapsed:
+            raise _refusal(event.available, seat_ids)
+        expected_version = None
 
     booking = Booking(
         reference=new_reference(), user_id=user_id, event_id=event.id,
@@ -236,18 +255,12 @@ async def reserve(
 
     seats = await _take(session, event=event, booking=booking, quantity=quantity,
                         seat_ids=seat_ids, expected_version=expected_version)
-    if seats is None and await expire_lapsed(session, holds=holds, now=now, event_id=event.id):
-        # Lapsed holds were in the way: they are returned now (one version step of our own),
-        # so try once more.
+    if seats is None and not cleared_lapsed and await expire_lapsed(session, holds=holds, now=now,
+                                                                    event_id=event.id):
         seats = await _take(session, event=event, booking=booking, quantity=quantity,
-                            seat_ids=seat_ids,
-                            expected_version=None if expected_version is None else expected_version + 1)
+                            seat_ids=seat_ids, expected_version=None)
     if seats is None:
-        if seat_ids is not None:
-            raise DomainError(ErrorCode.SEATS_UNAVAILABLE,
-                              "Some of the chosen seats were just taken: choose others",
-                              field="seatIds")
-        raise await _why_not_taken(session, event.id, now)
+        raise await _why_not_taken(session, event.id, seat_ids, now)
     if event.is_seated:
         booking.seat_ids = sorted(seat_id for seat_id, _ in seats)
         booking.total_cents = sum(price for _, price in seats)

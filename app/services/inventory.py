@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Booking, BookingStatus, Event, EventStatus, Seat, SeatStatus
@@ -48,20 +48,25 @@ def record_availability(
 _EVENT_STATE = (Event.id, Event.available, Event.version, Event.status)
 
 
+# Built once: the hottest statement of a sale, compiled once and then only bound.
+_TAKE_PLACES = (
+    update(Event)
+    .where(Event.id == bindparam("event_id"), Event.status == EventStatus.ON_SALE,
+           Event.available >= bindparam("quantity"))
+    .values(
+        available=Event.available - bindparam("quantity"),
+        version=Event.version + 1,
+        status=case((Event.available == bindparam("quantity"), EventStatus.SOLD_OUT), else_=Event.status),
+    )
+    .returning(*_EVENT_STATE)
+    .execution_options(synchronize_session=False)
+)
+
+
 async def take_places(session: AsyncSession, *, event_id: int, quantity: int) -> Any | None:
     """Take `quantity` places of an ON_SALE event in one statement; None when they are not
     there. From here the event row stays locked until the commit: keep the rest short."""
-    result = await session.execute(
-        update(Event)
-        .where(Event.id == event_id, Event.status == EventStatus.ON_SALE, Event.available >= quantity)
-        .values(
-            available=Event.available - quantity,
-            version=Event.version + 1,
-            status=case((Event.available == quantity, EventStatus.SOLD_OUT), else_=Event.status),
-        )
-        .returning(*_EVENT_STATE)
-        .execution_options(synchronize_session=False)
-    )
+    result = await session.execute(_TAKE_PLACES, {"event_id": event_id, "quantity": quantity})
     return result.one_or_none()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
 from redis import asyncio as aioredis
@@ -19,9 +20,13 @@ from app.errors import DomainError, ErrorCode
 logger = logging.getLogger(__name__)
 
 
+Limit = tuple[str, int]  # (key, calls allowed per window)
+
+
 class RateLimiter(Protocol):
-    async def hit(self, key: str, *, limit: int, window_seconds: int) -> float | None:
-        """Count one call; None when allowed, else the seconds until the window reopens."""
+    async def hit(self, limits: Sequence[Limit], *, window_seconds: int) -> float | None:
+        """Count one call against each limit; None when all allow it, else the seconds until
+        the window reopens."""
 
 
 def _window(window_seconds: int, now: float) -> tuple[int, float]:
@@ -35,12 +40,15 @@ class MemoryRateLimiter:
     def __init__(self) -> None:
         self._counts: dict[tuple[str, int], int] = {}
 
-    async def hit(self, key: str, *, limit: int, window_seconds: int) -> float | None:
+    async def hit(self, limits: Sequence[Limit], *, window_seconds: int) -> float | None:
         number, remaining = _window(window_seconds, time.time())
         if len(self._counts) > self.MAX_KEYS:  # forget finished windows
             self._counts = {k: v for k, v in self._counts.items() if k[1] >= number}
-        count = self._counts[(key, number)] = self._counts.get((key, number), 0) + 1
-        return None if count <= limit else remaining
+        exceeded = False
+        for key, limit in limits:
+            count = self._counts[(key, number)] = self._counts.get((key, number), 0) + 1
+            exceeded = exceeded or count > limit
+        return remaining if exceeded else None
 
 
 class RedisRateLimiter:
@@ -50,25 +58,26 @@ class RedisRateLimiter:
             url, socket_timeout=0.5, socket_connect_timeout=0.5,
             retry=Retry(NoBackoff(), retries=1), retry_on_error=[RedisConnectionError])
 
-    async def hit(self, key: str, *, limit: int, window_seconds: int) -> float | None:
+    async def hit(self, limits: Sequence[Limit], *, window_seconds: int) -> float | None:
         number, remaining = _window(window_seconds, time.time())
-        redis_key = f"ratelimit:{key}:{number}"
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.incr(redis_key)
-                pipe.expire(redis_key, window_seconds + 1)
-                count, _ = await pipe.execute()
+            async with self._redis.pipeline(transaction=False) as pipe:  # one round trip for all
+                for key, _ in limits:
+                    pipe.incr(f"ratelimit:{key}:{number}")
+                    pipe.expire(f"ratelimit:{key}:{number}", window_seconds + 1)
+                replies = await pipe.execute()
         except (RedisError, OSError) as error:
             logger.warning("Rate limiting skipped, Redis unreachable: %s", error)
             return None
-        return None if count <= limit else remaining
+        counts = replies[::2]
+        return remaining if any(count > limit for count, (_, limit) in zip(counts, limits, strict=True)) else None
 
     async def close(self) -> None:
         await self._redis.aclose()
 
 
-async def enforce(limiter: RateLimiter, key: str, *, limit: int, window_seconds: int = 60) -> None:
-    retry_after = await limiter.hit(key, limit=limit, window_seconds=window_seconds)
+async def enforce(limiter: RateLimiter, limits: Sequence[Limit], *, window_seconds: int = 60) -> None:
+    retry_after = await limiter.hit(limits, window_seconds=window_seconds)
     if retry_after is not None:
         seconds = max(1, math.ceil(retry_after))
         raise DomainError(ErrorCode.RATE_LIMITED, f"Too many attempts: try again in {seconds} s",
