@@ -227,7 +227,3 @@ async def logout(session: AsyncSession, *, refresh_token: str) -> None:
     )
     if stored is not None:
         await _revoke_family(session, stored.family_id)
-
-
-async def get_user(session: AsyncSession, user_id: int) -> User | None:
-    return await session.get(User, user_id)

@@ -123,10 +123,6 @@ async def create_venue(
     return venue
 
 
-async def get_venue(session: AsyncSession, venue_id: int) -> Venue | None:
-    return await session.get(Venue, venue_id)
-
-
 # --- events -------------------------------------------------------------------------------
 
 async def create_event(

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import DomainError, ErrorCode, invalid_input, not_found
-from app.models import Booking, Event, EventStatus, WaitlistEntry, WaitlistStatus, utcnow
+from app.models import Event, EventStatus, WaitlistEntry, WaitlistStatus, utcnow
 from app.services import bookings, inventory
 from app.services.accounts import Identity
 from app.services.payments import PaymentGateway
@@ -84,9 +84,3 @@ async def positions(session: AsyncSession, entries: list[WaitlistEntry]) -> dict
                 WaitlistEntry.id < entry.id))
             result[entry.id] = int(ahead or 0) + 1
     return result
-
-
-async def offer_of(session: AsyncSession, entry: WaitlistEntry) -> Booking | None:
-    if entry.offer_booking_id is None:
-        return None
-    return await session.get(Booking, entry.offer_booking_id)
