@@ -35,7 +35,8 @@ class RequestIdMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            # A websocket's logs carry the id too; its many frames skip the header wrapper.
+            await self.app(scope, receive, send_with_id if scope["type"] == "http" else send)
         finally:
             logs.request_id.reset(token)
 
