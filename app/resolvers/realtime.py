@@ -10,7 +10,7 @@ import strawberry
 
 from app import metrics
 from app.errors import DomainError, ErrorCode, id_or_none
-from app.models import EventStatus, utcnow
+from app.models import utcnow
 from app.schema.bookings import Booking
 from app.schema.realtime import AvailabilityUpdate, BookingUpdate
 from app.services import catalogue, inventory, outbox
@@ -43,12 +43,10 @@ async def _snapshot(info: strawberry.Info, event_id: int) -> AvailabilityUpdate:
         event = await catalogue.get_event(session, event_id, include_drafts=True)
         if event is None:
             raise DomainError(ErrorCode.NOT_FOUND, "Event not found")
-        lapsed = (await inventory.lapsed_places(session, [event_id], utcnow())).get(event_id, 0)
-    available = event.available + lapsed
-    status = EventStatus.ON_SALE if event.status == EventStatus.SOLD_OUT and available else event.status
+        free = await inventory.free_places(session, event, utcnow())
     return AvailabilityUpdate.from_message(
-        {"eventId": event.id, "availableSeats": available, "version": event.version,
-         "status": status, "changedSeats": []}, snapshot=True)
+        {"eventId": event.id, "availableSeats": free, "version": event.version,
+         "status": inventory.status_as_seen(event.status, free), "changedSeats": []}, snapshot=True)
 
 
 @strawberry.type

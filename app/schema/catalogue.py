@@ -111,9 +111,7 @@ class Event:
 
     @strawberry.field
     async def status(self, info: strawberry.Info) -> EventStatus:
-        if self.model.status == models.EventStatus.SOLD_OUT and await self.available_seats(info) > 0:
-            return EventStatus.ON_SALE  # lapsed holds not yet swept make it buyable again
-        return EventStatus(self.model.status)
+        return EventStatus(inventory.status_as_seen(self.model.status, await self.available_seats(info)))
 
     @strawberry.field(description="Sections of a reserved-seating event; null for general admission.")
     def seat_map(self) -> list[Section] | None:

@@ -173,16 +173,28 @@ async def _why_not_taken(session: AsyncSession, event_id: int, seat_ids: list[in
         _check_event(event, None)
     except DomainError as error:
         return error
-    lapsed = (await inventory.lapsed_places(session, [event_id], now)).get(event_id, 0)
-    return _refusal(event.available + lapsed, seat_ids)
+    return _refusal(await inventory.free_places(session, event, now), seat_ids)
+
+
+async def _new_hold(session: AsyncSession, *, event: Event, user_id: int, quantity: int,
+                    expires_at: datetime, now: datetime, waitlist_offer: bool = False) -> Booking:
+    """A PENDING booking, written before it holds anything (`_take` then takes its places)."""
+    booking = Booking(
+        reference=new_reference(), user_id=user_id, event_id=event.id, status=BookingStatus.PENDING,
+        quantity=quantity, seat_ids=None, total_cents=event.price_cents * quantity, currency=event.currency,
+        created_at=now, expires_at=expires_at, waitlist_offer=waitlist_offer, version=1)
+    session.add(booking)
+    await session.flush()
+    return booking
 
 
 async def _take(
-    session: AsyncSession, *, event: Event, booking: Booking, quantity: int,
-    seat_ids: list[int] | None, expected_version: int | None,
-) -> list[tuple[int, int]] | None:
-    """Take the places for `booking`: (seat id, price) pairs on seated events, [] for general
-    admission; None, with nothing changed, when they are not there."""
+    session: AsyncSession, *, event: Event, booking: Booking, seat_ids: list[int] | None,
+    expected_version: int | None,
+) -> bool:
+    """Take the places of `booking` (on seated events its seats, priced seat by seat); False,
+    with nothing changed, when they are not there."""
+    quantity = booking.quantity
     seats: list[tuple[int, int]] = []
     if event.is_seated:
         if seat_ids is not None:
@@ -195,16 +207,19 @@ async def _take(
             if seats:  # all or none: let go of the part we got
                 await inventory.set_seats_status(session, booking_id=booking.id,
                                                  status=SeatStatus.AVAILABLE)
-            return None
+            return False
     state = await inventory.take_places(session, event_id=event.id, quantity=quantity)
     if state is None:
-        return None
+        return False
     if expected_version is not None and state.version != expected_version + 1:
         # The caller's optimistic check, made atomically against the version we replaced.
         raise DomainError(ErrorCode.VERSION_CONFLICT, "Availability changed since you looked",
                           current_version=state.version - 1)
     inventory.record_availability(session, state, [(seat_id, SeatStatus.HELD) for seat_id, _ in seats])
-    return seats
+    if seats:
+        booking.seat_ids = sorted(seat_id for seat_id, _ in seats)
+        booking.total_cents = sum(price for _, price in seats)
+    return True
 
 
 async def reserve(
@@ -244,26 +259,15 @@ async def reserve(
             raise _refusal(event.available, seat_ids)
         expected_version = None
 
-    booking = Booking(
-        reference=new_reference(), user_id=user_id, event_id=event.id,
-        status=BookingStatus.PENDING, quantity=quantity, seat_ids=None,
-        total_cents=event.price_cents * quantity, currency=event.currency, created_at=now,
-        expires_at=now + timedelta(seconds=holds.reservation_seconds), version=1,
-    )
-    session.add(booking)
-    await session.flush()
-
-    seats = await _take(session, event=event, booking=booking, quantity=quantity,
-                        seat_ids=seat_ids, expected_version=expected_version)
-    if seats is None and not cleared_lapsed and await expire_lapsed(session, holds=holds, now=now,
-                                                                    event_id=event.id):
-        seats = await _take(session, event=event, booking=booking, quantity=quantity,
-                            seat_ids=seat_ids, expected_version=None)
-    if seats is None:
+    booking = await _new_hold(session, event=event, user_id=user_id, quantity=quantity, now=now,
+                              expires_at=now + timedelta(seconds=holds.reservation_seconds))
+    taken = await _take(session, event=event, booking=booking, seat_ids=seat_ids,
+                        expected_version=expected_version)
+    if not taken and not cleared_lapsed and await expire_lapsed(session, holds=holds, now=now,
+                                                                event_id=event.id):
+        taken = await _take(session, event=event, booking=booking, seat_ids=seat_ids, expected_version=None)
+    if not taken:
         raise await _why_not_taken(session, event.id, seat_ids, now)
-    if event.is_seated:
-        booking.seat_ids = sorted(seat_id for seat_id, _ in seats)
-        booking.total_cents = sum(price for _, price in seats)
     await _remember(session, claim, booking.id)
     await session.flush()
     return booking
@@ -466,21 +470,11 @@ async def _offer_to_waitlist(session: AsyncSession, *, event_id: int, holds: Hol
     for entry in waiting:
         if entry.quantity > available:
             continue
-        offer = Booking(
-            reference=new_reference(), user_id=entry.user_id, event_id=event_id,
-            status=BookingStatus.PENDING, quantity=entry.quantity, seat_ids=None,
-            total_cents=event.price_cents * entry.quantity, currency=event.currency, created_at=now,
-            expires_at=now + timedelta(seconds=holds.offer_seconds), waitlist_offer=True, version=1)
-        session.add(offer)
-        await session.flush()
-        seats = await _take(session, event=event, booking=offer, quantity=entry.quantity,
-                            seat_ids=None, expected_version=None)
-        if seats is None:  # cannot happen while we hold the event row; stay safe regardless
-            await session.delete(offer)
+        offer = await _new_hold(session, event=event, user_id=entry.user_id, quantity=entry.quantity, now=now,
+                                expires_at=now + timedelta(seconds=holds.offer_seconds), waitlist_offer=True)
+        if not await _take(session, event=event, booking=offer, seat_ids=None, expected_version=None):
+            await session.delete(offer)  # cannot happen while we hold the event row; stay safe regardless
             break
-        if event.is_seated:
-            offer.seat_ids = sorted(seat_id for seat_id, _ in seats)
-            offer.total_cents = sum(price for _, price in seats)
         entry.status = WaitlistStatus.OFFERED
         entry.offer_booking_id = offer.id
         available -= entry.quantity

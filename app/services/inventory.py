@@ -203,6 +203,16 @@ async def lapsed_places(session: AsyncSession, event_ids: Sequence[int], now: da
     return {event_id: int(total) for event_id, total in rows}
 
 
+async def free_places(session: AsyncSession, event: Event, now: datetime) -> int:
+    """The places buyers can have: the counter plus lapsed holds not swept yet."""
+    return event.available + (await lapsed_places(session, [event.id], now)).get(event.id, 0)
+
+
+def status_as_seen(status: str, free: int) -> str:
+    """An event sold out only on paper (its lapsed holds not swept yet) is on sale to buyers."""
+    return EventStatus.ON_SALE if status == EventStatus.SOLD_OUT and free > 0 else status
+
+
 def effective_seat_status(now: datetime) -> Any:
     """A seat's status as buyers should see it: HELD by a lapsed hold is AVAILABLE."""
     lapsed = select(Booking.id).where(Booking.id == Seat.booking_id, lapsed_hold(now)).exists()

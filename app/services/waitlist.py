@@ -40,7 +40,7 @@ async def join(session: AsyncSession, *, user_id: int, event_id: int, quantity: 
         WaitlistEntry.status.in_([WaitlistStatus.WAITING, WaitlistStatus.OFFERED])))
     if active is not None:
         raise DomainError(ErrorCode.ALREADY_WAITLISTED, "You are already on the waitlist of this event")
-    free = event.available + (await inventory.lapsed_places(session, [event_id], now)).get(event_id, 0)
+    free = await inventory.free_places(session, event, now)
     if free >= quantity:
         raise DomainError(ErrorCode.WAITLIST_NOT_ALLOWED, f"{free} places are free: reserve them instead",
                           available_seats=free)
