@@ -127,21 +127,40 @@ class ReconnectingRedisBackend(BroadcastBackend):
             await asyncio.sleep(self._retry_seconds)
 
 
+class Delivery:
+    """One message as every subscriber of a channel receives it. What subscribers derive from
+    it (the GraphQL object, a rendered websocket frame) is cached here, so a change is turned
+    into a message once per channel and per kind of subscriber, not once per subscriber."""
+
+    __slots__ = ("derived", "message")
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.derived: dict[Any, Any] = {}
+
+    def derive(self, key: Any, build: Callable[[], Any]) -> Any:
+        try:
+            return self.derived[key]
+        except KeyError:
+            value = self.derived[key] = build()
+            return value
+
+
 class Slot:
     """One subscriber's mailbox: the merged state of everything it has not read yet."""
 
     def __init__(self, merge: Merge) -> None:
         self._merge = merge
-        self._pending: Message | None = None
+        self._pending: Delivery | None = None
         self._resync = False
         self._ready = asyncio.Event()
-        self.coalesced = 0  # messages folded into a later one because the reader was behind
+        self.coalesced = 0  # deliveries folded into a later one because the reader was behind
 
-    def put(self, message: Message) -> None:
+    def put(self, delivery: Delivery) -> None:
         if self._pending is None:
-            self._pending = message
+            self._pending = delivery  # shared with every other subscriber that keeps up
         else:
-            self._pending = self._merge(self._pending, message)
+            self._pending = Delivery(self._merge(self._pending.message, delivery.message))
             self.coalesced += 1
             metrics.COALESCED_MESSAGES.inc()
         self._ready.set()
@@ -151,8 +170,8 @@ class Slot:
         self._resync = True
         self._ready.set()
 
-    async def next(self) -> Message | None:
-        """The next merged message, or None when the subscriber must resend a snapshot."""
+    async def next(self) -> Delivery | None:
+        """The next merged delivery, or None when the subscriber must resend a snapshot."""
         # Look at the state, not at the event alone: a message put after a resync must still
         # be there on the call after the one that reports the resync.
         while self._pending is None and not self._resync:
@@ -161,22 +180,38 @@ class Slot:
         if self._resync:
             self._resync = False
             return None
-        message, self._pending = self._pending, None
-        return message
+        delivery, self._pending = self._pending, None
+        return delivery
 
 
 @dataclass
 class _Channel:
+    merge: Merge
     slots: set[Slot] = field(default_factory=set)
     subscribed: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
+    held: Message | None = None  # arrived during the coalescing window, merged
+    window: asyncio.TimerHandle | None = None  # open from one delivery until the next may go
+
+    def close(self) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+        if self.window is not None:
+            self.window.cancel()
 
 
 class Broker:
-    """This process's connection to pub/sub: `memory://` in embedded mode, Redis otherwise."""
+    """This process's connection to pub/sub: `memory://` in embedded mode, Redis otherwise.
 
-    def __init__(self, url: str) -> None:
+    Changes of one channel reach its subscribers at most once per `coalesce_seconds`: the
+    first change after a quiet spell goes out at once, the ones that follow within the
+    window are merged and go out together when it closes. Under a flash sale a subscriber
+    thus gets the latest state a few times a second instead of every change, and the work
+    per change (building and rendering the message) is done once for the whole channel."""
+
+    def __init__(self, url: str, *, coalesce_seconds: float = 0.05) -> None:
         self.url = url
+        self.coalesce_seconds = coalesce_seconds
         self._backend = ReconnectingRedisBackend(url) if url.startswith(("redis://", "rediss://")) else None
         self._broadcast = Broadcast(backend=self._backend) if self._backend else Broadcast(url)
         self._channels: dict[str, _Channel] = {}
@@ -186,8 +221,7 @@ class Broker:
 
     async def stop(self) -> None:
         for channel in list(self._channels.values()):
-            if channel.pump is not None:
-                channel.pump.cancel()
+            channel.close()
         await self._broadcast.disconnect()
 
     @property
@@ -212,11 +246,12 @@ class Broker:
 
     @contextlib.asynccontextmanager
     async def subscribe(self, channel_name: str, merge: Merge) -> AsyncIterator[Slot]:
-        """A slot that receives every message of the channel from now on, merged while unread.
+        """A slot that receives every message of the channel from now on, merged while unread
+        (`merge` folds an older message and a newer one into one; a channel has one merge).
         Returns once the channel is subscribed, so a snapshot read afterwards misses nothing."""
         channel = self._channels.get(channel_name)
         if channel is None:
-            channel = self._channels[channel_name] = _Channel()
+            channel = self._channels[channel_name] = _Channel(merge)
             channel.pump = asyncio.create_task(self._pump(channel_name, channel))
         slot = Slot(merge)
         channel.slots.add(slot)
@@ -227,8 +262,7 @@ class Broker:
             channel.slots.discard(slot)
             if not channel.slots and self._channels.get(channel_name) is channel:
                 del self._channels[channel_name]
-                assert channel.pump is not None
-                channel.pump.cancel()
+                channel.close()
 
     async def _pump(self, channel_name: str, channel: _Channel) -> None:
         async with self._broadcast.subscribe(channel_name) as subscriber:
@@ -236,9 +270,25 @@ class Broker:
             async for event in subscriber:  # type: ignore[union-attr]
                 assert event is not None
                 if event.message == RESYNC:
+                    channel.held = None  # the snapshot every subscriber now reads covers it
                     for slot in list(channel.slots):
                         slot.resync()
                     continue
                 message = json.loads(event.message)
-                for slot in list(channel.slots):
-                    slot.put(message)
+                if channel.window is None:
+                    self._deliver(channel, message)
+                else:
+                    channel.held = message if channel.held is None else channel.merge(channel.held, message)
+
+    def _deliver(self, channel: _Channel, message: Message) -> None:
+        delivery = Delivery(message)
+        for slot in list(channel.slots):
+            slot.put(delivery)
+        channel.window = asyncio.get_running_loop().call_later(
+            self.coalesce_seconds, self._close_window, channel)
+
+    def _close_window(self, channel: _Channel) -> None:
+        channel.window = None
+        if channel.held is not None:
+            message, channel.held = channel.held, None
+            self._deliver(channel, message)

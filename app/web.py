@@ -30,6 +30,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 from app import metrics
 from app.db import create_engine, create_sessionmaker
 from app.errors import DomainError
+from app.fanout import TransportWSHandler
 from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.pubsub import Broker
 from app.resolvers.context import AppServices, Context
@@ -50,6 +51,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 
 class GraphQLApp(GraphQL[Context, None]):
+    graphql_transport_ws_handler_class = TransportWSHandler  # sends availability updates itself
+
     def __init__(self, services: AppServices) -> None:
         super().__init__(
             create_schema(services.settings),

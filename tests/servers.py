@@ -164,11 +164,13 @@ class Subscription:
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
+        self.last_id: str | None = None  # the operation id of the last `next` message
 
     async def next(self, timeout: float = MESSAGE_TIMEOUT) -> dict[str, Any]:
         """The data of the next `next` message; fails on errors or anything else."""
         message = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
         assert message["type"] == "next", message
+        self.last_id = message["id"]
         assert "errors" not in message["payload"], message["payload"]["errors"]
         return dict(message["payload"]["data"])
 
@@ -185,12 +187,12 @@ async def init_connection(url: str, payload: dict[str, Any] | None = None) -> Cl
 
 @contextlib.asynccontextmanager
 async def subscribe(url: str, query: str, variables: dict[str, Any] | None = None, *,
-                    token: str | None = None) -> AsyncIterator[Subscription]:
+                    token: str | None = None, operation_id: str = "1") -> AsyncIterator[Subscription]:
     ws = await init_connection(url, {"authorization": f"Bearer {token}"} if token else None)
     try:
         ack = json.loads(await asyncio.wait_for(ws.recv(), MESSAGE_TIMEOUT))
         assert ack["type"] == "connection_ack", ack
-        await ws.send(json.dumps({"id": "1", "type": "subscribe",
+        await ws.send(json.dumps({"id": operation_id, "type": "subscribe",
                                   "payload": {"query": query, "variables": variables or {}}}))
         yield Subscription(ws)
     finally:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import random
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,9 +22,10 @@ from websockets.exceptions import ConnectionClosed
 
 from app.db import create_sessionmaker
 from app.models import Booking, BookingStatus, Seat
-from app.pubsub import Broker, Slot
+from app.pubsub import Broker, Delivery, Slot
 from app.resolvers.context import AppServices
 from app.resolvers.realtime import merge_availability
+from app.schema.realtime import AvailabilityUpdate
 from app.services import bookings, catalogue, outbox
 from app.settings import Settings
 from app.web import create_app
@@ -32,6 +34,7 @@ from tests.factories import SMALL_SEAT_MAP, make_event, make_users, token_for
 from tests.servers import (
     MESSAGE_TIMEOUT,
     RedisProcess,
+    Subscription,
     app_processes,
     http_client,
     init_connection,
@@ -214,15 +217,13 @@ async def test_a_slow_subscriber_gets_the_latest_state_not_a_backlog(
 
         # A slot nobody reads holds one merged message, whatever the burst.
         async with asyncio.timeout(MESSAGE_TIMEOUT):
-            while unread._pending is None or unread._pending["version"] < final_version:
+            while unread._pending is None or unread._pending.message["version"] < final_version:
                 await asyncio.sleep(0.05)
-        assert unread.coalesced == burst - 1
-        merged = unread._pending
+        assert unread.coalesced > 0
+        merged = unread._pending.message
         assert (merged["availableSeats"], merged["status"]) == (0, "SOLD_OUT")
         assert {change["seatId"] for change in merged["changedSeats"]} == seat_ids
         assert {change["status"] for change in merged["changedSeats"]} == {"HELD"}
-        ws_slots = services.broker._channels[channel].slots - {unread}
-        assert len(ws_slots) == 1 and next(iter(ws_slots)).coalesced > 0
 
         # The websocket subscriber, reading only now, reaches the final state in far fewer
         # messages, and every seat change is in one of them.
@@ -236,14 +237,141 @@ async def test_a_slow_subscriber_gets_the_latest_state_not_a_backlog(
         assert {int(change["seatId"]) for update in received for change in update["changedSeats"]} == seat_ids
 
 
+def availability_message(event_id: int, version: int, seat_ids: range | list[int]) -> dict[str, Any]:
+    """What the app publishes when seats are taken (`app/services/inventory.py`)."""
+    return {"eventId": event_id, "availableSeats": 1, "version": version, "status": "ON_SALE",
+            "changedSeats": [{"seatId": seat_id, "status": "HELD"} for seat_id in seat_ids]}
+
+
+async def test_a_channel_delivers_one_shared_message_and_merges_changes_within_its_window() -> None:
+    broker = Broker("memory://", coalesce_seconds=0.5)
+    await broker.start()
+    channel = "test:coalescing"
+    try:
+        async with broker.subscribe(channel, merge_availability) as first, \
+                broker.subscribe(channel, merge_availability) as second:
+            await broker.publish(channel, availability_message(1, 1, [1]))
+            # After a quiet spell a change goes out at once, as one object for every reader.
+            leading = await asyncio.wait_for(first.next(), MESSAGE_TIMEOUT)
+            assert leading is await asyncio.wait_for(second.next(), MESSAGE_TIMEOUT)
+            assert leading.message["version"] == 1
+            for version in range(2, 7):
+                await broker.publish(channel, availability_message(1, version, [version]))
+            # The changes within the window go out together when it closes, merged once by the
+            # channel (not by each reader: both were waiting).
+            merged = await asyncio.wait_for(first.next(), MESSAGE_TIMEOUT)
+            assert merged is await asyncio.wait_for(second.next(), MESSAGE_TIMEOUT)
+            assert merged.message["version"] == 6
+            assert [change["seatId"] for change in merged.message["changedSeats"]] == [2, 3, 4, 5, 6]
+            assert first.coalesced == second.coalesced == 0
+    finally:
+        await broker.stop()
+
+
+async def test_an_update_is_built_once_and_rendered_once_per_subscription_document(
+        redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=10)
+    [user] = await make_users(sessionmaker, 1)
+    variables = {"id": str(event.id)}
+    fewer_fields = "subscription($id: ID!) { eventAvailability(eventId: $id) { version availableSeats } }"
+    async with served(replace(settings, redis_url=redis_url)) as (services, ws_url, gql), \
+            services.broker.subscribe(outbox.availability_channel(event.id), merge_availability) as probe, \
+            subscribe(ws_url, AVAILABILITY, variables) as one, \
+            subscribe(ws_url, AVAILABILITY, variables, operation_id='the "same" document') as two, \
+            subscribe(ws_url, fewer_fields, variables) as other:
+        for sub in (one, two, other):
+            assert (await sub.next())["eventAvailability"]["version"] == event.version
+        assert (await reserve(gql, token_for(user, settings), event.id, quantity=2))["errors"] == []
+        updates = [(await sub.next())["eventAvailability"] for sub in (one, two, other)]
+        assert updates[0] == updates[1] == {
+            "eventId": str(event.id), "availableSeats": 8, "version": event.version + 1, "status": "ON_SALE",
+            "snapshot": False, "changedSeats": []}
+        assert updates[2] == {"version": event.version + 1, "availableSeats": 8}
+        assert two.last_id == 'the "same" document'
+        # Every subscriber got the same delivery: it holds one GraphQL object and one
+        # rendering per distinct document, however many subscribers share them.
+        delivery = await asyncio.wait_for(probe.next(), MESSAGE_TIMEOUT)
+        assert delivery is not None and AvailabilityUpdate in delivery.derived
+        assert len(delivery.derived) == 1 + 2
+
+
+async def test_the_legacy_graphql_ws_protocol_gets_the_same_updates(
+        redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=10)
+    [user] = await make_users(sessionmaker, 1)
+    async with served(replace(settings, redis_url=redis_url)) as (_, ws_url, gql), \
+            connect(ws_url, subprotocols=["graphql-ws"]) as ws:  # type: ignore[list-item]
+
+        async def receive() -> dict[str, Any]:
+            while True:
+                message = json.loads(await asyncio.wait_for(ws.recv(), MESSAGE_TIMEOUT))
+                if message["type"] != "ka":  # keep-alive
+                    return dict(message)
+
+        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        assert (await receive())["type"] == "connection_ack"
+        await ws.send(json.dumps({"type": "start", "id": "1",
+                                  "payload": {"query": AVAILABILITY, "variables": {"id": str(event.id)}}}))
+        first = await receive()
+        assert first["type"] == "data" and first["payload"]["data"]["eventAvailability"]["snapshot"] is True
+        assert (await reserve(gql, token_for(user, settings), event.id, quantity=3))["errors"] == []
+        update = (await receive())["payload"]["data"]["eventAvailability"]
+        assert (update["snapshot"], update["availableSeats"], update["version"]) == (False, 7, event.version + 1)
+
+
+async def test_a_client_that_stops_reading_holds_one_merged_update_not_a_backlog(
+        redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=10)
+    channel = outbox.availability_channel(event.id)
+    changes, seats_per_change = 40, 3000  # about 5 MB in all: far more than socket buffers take
+    final_version = event.version + changes
+    async with served(replace(settings, redis_url=redis_url)) as (services, ws_url, _):
+        host, port = ws_url.removeprefix("ws://").removesuffix("/graphql").split(":")
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, before connecting
+        raw.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(raw, (host, int(port)))
+        async with connect(ws_url, sock=raw, subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+                           max_queue=1, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), MESSAGE_TIMEOUT))["type"] == "connection_ack"
+            await ws.send(json.dumps({"id": "1", "type": "subscribe",
+                                      "payload": {"query": AVAILABILITY, "variables": {"id": str(event.id)}}}))
+            sub = Subscription(ws)
+            assert (await sub.next())["eventAvailability"]["snapshot"] is True
+            [server_side] = services.broker._channels[channel].slots
+
+            # Each change its own delivery (they come slower than the coalescing window), each
+            # sent while the client reads nothing.
+            for k in range(1, changes + 1):
+                await services.broker.publish(channel, availability_message(
+                    event.id, event.version + k, range(k * seats_per_change, (k + 1) * seats_per_change)))
+                await asyncio.sleep(services.broker.coalesce_seconds * 1.5)
+            # The server's send waits for the socket; meanwhile the changes merge into the one
+            # message its slot holds, instead of queueing in memory.
+            async with asyncio.timeout(MESSAGE_TIMEOUT):
+                while server_side._pending is None or server_side._pending.message["version"] < final_version:
+                    await asyncio.sleep(0.05)
+            assert server_side.coalesced > 0
+
+            received = [(await sub.next())["eventAvailability"]]
+            while received[-1]["version"] < final_version:
+                received.append((await sub.next())["eventAvailability"])
+            assert len(received) < changes
+            versions = [update["version"] for update in received]
+            assert versions == sorted(set(versions))
+            seen = {int(change["seatId"]) for update in received for change in update["changedSeats"]}
+            assert seen == set(range(seats_per_change, (changes + 1) * seats_per_change))
+
+
 async def test_a_slot_keeps_a_message_that_arrives_after_a_resync() -> None:
     slot = Slot(merge_availability)
-    slot.put({"version": 1, "changedSeats": []})
+    slot.put(Delivery({"version": 1, "changedSeats": []}))
     slot.resync()  # drops what was pending: the snapshot that follows covers it
-    slot.put({"version": 2, "changedSeats": []})
+    slot.put(Delivery({"version": 2, "changedSeats": []}))
     assert await slot.next() is None
     kept = await asyncio.wait_for(slot.next(), MESSAGE_TIMEOUT)
-    assert kept is not None and kept["version"] == 2
+    assert kept is not None and kept.message["version"] == 2
 
 
 async def test_dropped_connections_leave_nothing_behind(

@@ -72,7 +72,7 @@ async def test_returned_places_go_to_the_oldest_entry_they_fit(
     async with broker.subscribe(outbox.bookings_channel(small.user_id), merge_booking_updates) as slot:
         await holder.cancel(one["id"])  # one place back: too few for `big`, right for `small`
         pushed = await asyncio.wait_for(slot.next(), 5)
-    assert pushed is not None and pushed["reason"] == "OFFERED"
+    assert pushed is not None and pushed.message["reason"] == "OFFERED"
 
     [mine] = await my_waitlist(small)
     assert mine["status"] == "OFFERED" and mine["offer"]["status"] == "PENDING"

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
+from functools import partial
 from typing import Any
 
 import strawberry
 
 from app import metrics
 from app.errors import DomainError, ErrorCode, id_or_none
+from app.fanout import direct_sender
 from app.models import utcnow
 from app.schema.bookings import Booking
 from app.schema.realtime import AvailabilityUpdate, BookingUpdate
 from app.services import catalogue, inventory, outbox
-
-# Under a flash sale a subscriber gets the latest state at most this often, never a backlog:
-# changes that arrive meanwhile merge in its slot. Without a pause every change goes out as
-# its own message as long as the socket takes them, and a client reads them all to catch up.
-COALESCE_SECONDS = 0.05
 
 
 def merge_availability(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
@@ -58,33 +54,41 @@ class RealtimeSubscription:
         if parsed is None:
             raise DomainError(ErrorCode.NOT_FOUND, "Event not found")
         broker = info.context.services.broker
-        async with broker.subscribe(outbox.availability_channel(parsed), merge_availability) as slot:
-            current = await _snapshot(info, parsed)
-            metrics.SUBSCRIPTION_MESSAGES.labels("eventAvailability").inc()
-            yield current
-            version = current.version
+        sent = metrics.SUBSCRIPTION_MESSAGES.labels("eventAvailability")
+        async with broker.subscribe(outbox.availability_channel(parsed), merge_availability) as inbox:
+            update = await _snapshot(info, parsed)
+            sent.inc()
+            yield update  # through strawberry: validation, limits and errors as for any operation
+            # The same for every subscriber of the event: on graphql-transport-ws each update
+            # is rendered once and sent by us (app/fanout.py); elsewhere it is yielded.
+            direct = direct_sender()
+            version = update.version
             while True:
-                await asyncio.sleep(COALESCE_SECONDS)
-                message = await slot.next()
-                if message is None:  # messages may have been lost: start again from the truth
-                    current = await _snapshot(info, parsed)
-                elif message["version"] > version:
-                    current = AvailabilityUpdate.from_message(message)
+                delivery = await inbox.next()
+                if delivery is None:  # messages may have been lost: start again from the truth
+                    update = await _snapshot(info, parsed)
+                elif delivery.message["version"] > version:
+                    update = delivery.derive(AvailabilityUpdate, partial(AvailabilityUpdate.from_message,
+                                                                         delivery.message))
                 else:
                     continue  # already covered by the snapshot
-                version = current.version
-                metrics.SUBSCRIPTION_MESSAGES.labels("eventAvailability").inc()
-                yield current
+                version = update.version
+                sent.inc()
+                if direct is None:
+                    yield update
+                else:
+                    await direct.send(update, delivery)
 
     @strawberry.subscription(description="The signed-in user's bookings as they change.")
     async def my_booking_updates(self, info: strawberry.Info) -> AsyncGenerator[BookingUpdate, None]:
         identity = info.context.require_user()
         broker = info.context.services.broker
-        async with broker.subscribe(outbox.bookings_channel(identity.user_id), merge_booking_updates) as slot:
+        async with broker.subscribe(outbox.bookings_channel(identity.user_id), merge_booking_updates) as inbox:
             while True:
-                message = await slot.next()
-                if message is None:
+                delivery = await inbox.next()
+                if delivery is None:
                     continue  # nothing to resend: bookings are re-read with myBookings
+                message = delivery.message
                 batch = message.get("batch") or {str(message["bookingId"]): message["reason"]}
                 info.context.renew_loaders()  # a websocket lives long: read each message fresh
                 for booking_id, reason in batch.items():
