@@ -40,9 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import websockets
 
-from bench import harness
+from bench import harness, wsclient
 from bench.harness import Client, Outcome, body_of, headers_for
 from bench.stats import CpuMeter, Summary, find_roots, fmt_ms, median
 
@@ -122,7 +121,7 @@ class Bench:
         self.args = args
         self.server = server
         self.base = server.base_url
-        self.ws_url = self.base.replace("http://", "ws://") + "/graphql"
+        self.host, self.port = "127.0.0.1", server.port
         self.report = Report()
         self.admin_token = ""
         self.buyers: list[Buyer] = []
@@ -509,53 +508,35 @@ class Bench:
         ready = asyncio.Semaphore(64)
         connected = 0
         stop = asyncio.Event()
-        init = json.dumps({"type": "connection_init", "payload": {}})
-        subscribe = json.dumps({"id": "1", "type": "subscribe", "payload": {
-            "query": SUBSCRIBE, "variables": {"eventId": event_id}}})
+        payload = {"query": SUBSCRIBE, "variables": {"eventId": event_id}}
         failures: Counter[str] = Counter()
+        subscribers: list[wsclient.Subscriber] = []
 
         async def subscriber(i: int) -> None:
             nonlocal connected
+            mine = receipts[i]
+
+            def on_next(at: float, message: dict[str, Any]) -> None:
+                mine.append((at, message["payload"]["data"]["eventAvailability"]["version"]))
+
             try:
                 async with ready:
-                    ws = await websockets.connect(self.ws_url, subprotocols=["graphql-transport-ws"],
-                                                  compression=None, open_timeout=30, close_timeout=2,
-                                                  ping_interval=None, max_size=2**20)
-                    await ws.send(init)
-                    ack = json.loads(await asyncio.wait_for(ws.recv(), 30))
-                    if ack.get("type") != "connection_ack":
-                        raise RuntimeError(f"no ack: {ack}")
-                    await ws.send(subscribe)
-                    first = json.loads(await asyncio.wait_for(ws.recv(), 30))
-                    update = first["payload"]["data"]["eventAvailability"]
-                    if not update["snapshot"]:
-                        raise RuntimeError("first message is not a snapshot")
-                    snapshots.append(update["version"])
-                    alive.append(i)
-                    connected += 1
+                    opened, first = await wsclient.subscribe(self.host, self.port, payload, on_next)
+                subscribers.append(opened)
+                update = first["payload"]["data"]["eventAvailability"]
+                if not update["snapshot"]:
+                    raise RuntimeError("first message is not a snapshot")
+                snapshots.append(update["version"])
+                alive.append(i)
+                connected += 1
             except Exception as error:
                 failures[type(error).__name__] += 1
                 return
             try:
-                mine = receipts[i]
-                while True:
-                    raw = await ws.recv()
-                    at = now()
-                    message = json.loads(raw)
-                    kind = message.get("type")
-                    if kind == "next":
-                        mine.append((at, message["payload"]["data"]["eventAvailability"]["version"]))
-                    elif kind == "ping":
-                        await ws.send(json.dumps({"type": "pong"}))
-                    elif kind in ("error", "complete"):
-                        failures[f"server {kind}"] += 1
-                        return
-            except websockets.ConnectionClosed:
+                await opened.closed
+            except Exception:
                 if not stop.is_set():
                     failures["closed early"] += 1
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.close(), 3)
 
         started = now()
         async with self.cpu(f"d. fan-out connect {count}"):
@@ -585,6 +566,8 @@ class Bench:
                     not receipts[i] or receipts[i][-1][1] < final for i in alive):
                 await asyncio.sleep(0.05)
         stop.set()
+        for opened in subscribers:
+            opened.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
