@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 from redis import asyncio as aioredis
+from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from websockets.asyncio.client import connect
@@ -175,6 +176,39 @@ async def test_subscriptions_resynchronise_after_redis_restarts(
             await wait_until_ready(gql.http)
             await book(1)
             assert await state() == (False, 4, 5)
+    finally:
+        await private_redis.kill()
+
+
+async def test_subscribers_told_to_resynchronise_together_share_one_read(
+        settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=10)
+    private_redis = RedisProcess()
+    await private_redis.start()
+    try:
+        async with served(replace(settings, redis_url=private_redis.url)) as (services, ws_url, _), \
+                contextlib.AsyncExitStack() as stack:
+            subs = [await stack.enter_async_context(subscribe(ws_url, AVAILABILITY, {"id": str(event.id)}))
+                    for _ in range(20)]
+            for sub in subs:
+                assert (await sub.next())["eventAvailability"]["snapshot"] is True
+            reads: list[str] = []
+
+            def count_event_reads(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                if "FROM events" in statement:
+                    reads.append(statement)
+
+            engine = services.sessionmaker.kw["bind"].sync_engine
+            sa_event.listen(engine, "before_cursor_execute", count_event_reads)
+            try:
+                await private_redis.kill()
+                await private_redis.start()
+                for sub in subs:
+                    update = (await sub.next())["eventAvailability"]
+                    assert (update["snapshot"], update["version"]) == (True, event.version)
+            finally:
+                sa_event.remove(engine, "before_cursor_execute", count_event_reads)
+            assert len(reads) == 1  # not one per subscriber
     finally:
         await private_redis.kill()
 

@@ -33,6 +33,18 @@ class AppServices:
     broker: Broker
     limiter: RateLimiter
 
+    def __post_init__(self) -> None:
+        # One for the whole process, unlike the per-request Loaders: subscribers that ask at
+        # the same moment (all of them at once, after a Redis reconnect) share one read. No
+        # cache, and a batch is joined only until its read starts, so no one gets a state
+        # older than their request.
+        self.availability: DataLoader[int, dict[str, Any] | None] = DataLoader(self._availability, cache=False)
+
+    async def _availability(self, event_ids: Sequence[int]) -> list[dict[str, Any] | None]:
+        async with self.sessionmaker() as session:
+            found = await inventory.availability_now(session, sorted(set(event_ids)), utcnow())
+        return [found.get(event_id) for event_id in event_ids]
+
     @property
     def hold_times(self) -> HoldTimes:
         return HoldTimes(reservation_seconds=self.settings.hold_ttl_seconds,

@@ -11,10 +11,9 @@ import strawberry
 from app import metrics
 from app.errors import DomainError, ErrorCode, id_or_none
 from app.fanout import direct_sender
-from app.models import utcnow
 from app.schema.bookings import Booking
 from app.schema.realtime import AvailabilityUpdate, BookingUpdate
-from app.services import catalogue, inventory, outbox
+from app.services import outbox
 
 
 def merge_availability(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
@@ -35,14 +34,10 @@ def merge_booking_updates(older: dict[str, Any], newer: dict[str, Any]) -> dict[
 
 
 async def _snapshot(info: strawberry.Info, event_id: int) -> AvailabilityUpdate:
-    async with info.context.read_session() as session:
-        event = await catalogue.get_event(session, event_id, include_drafts=True)
-        if event is None:
-            raise DomainError(ErrorCode.NOT_FOUND, "Event not found")
-        free = await inventory.free_places(session, event, utcnow())
-    return AvailabilityUpdate.from_message(
-        {"eventId": event.id, "availableSeats": free, "version": event.version,
-         "status": inventory.status_as_seen(event.status, free), "changedSeats": []}, snapshot=True)
+    message = await info.context.services.availability.load(event_id)
+    if message is None:
+        raise DomainError(ErrorCode.NOT_FOUND, "Event not found")
+    return AvailabilityUpdate.from_message(message, snapshot=True)
 
 
 @strawberry.type

@@ -32,17 +32,24 @@ class EventState(Protocol):
     status: str
 
 
+def availability_message(event_id: int, available: int, version: int, status: str,
+                         changed_seats: Iterable[tuple[int, str]] = ()) -> dict[str, Any]:
+    """An event's state at a version, as subscribers receive it (app/resolvers/realtime.py)."""
+    return {
+        "eventId": event_id,
+        "availableSeats": available,
+        "version": version,
+        "status": status,
+        "changedSeats": [{"seatId": seat_id, "status": seat_status} for seat_id, seat_status in changed_seats],
+    }
+
+
 def record_availability(
     session: AsyncSession, event: EventState, changed_seats: Iterable[tuple[int, str]] = ()
 ) -> None:
     """Announce (after commit) the event's state at this version."""
-    outbox.record(session, outbox.availability_channel(event.id), {
-        "eventId": event.id,
-        "availableSeats": event.available,
-        "version": event.version,
-        "status": event.status,
-        "changedSeats": [{"seatId": seat_id, "status": status} for seat_id, status in changed_seats],
-    })
+    outbox.record(session, outbox.availability_channel(event.id), availability_message(
+        event.id, event.available, event.version, event.status, changed_seats))
 
 
 _EVENT_STATE = (Event.id, Event.available, Event.version, Event.status)
@@ -206,6 +213,18 @@ async def lapsed_places(session: AsyncSession, event_ids: Sequence[int], now: da
 async def free_places(session: AsyncSession, event: Event, now: datetime) -> int:
     """The places buyers can have: the counter plus lapsed holds not swept yet."""
     return event.available + (await lapsed_places(session, [event.id], now)).get(event.id, 0)
+
+
+async def availability_now(session: AsyncSession, event_ids: Sequence[int], now: datetime) -> dict[int, dict[str, Any]]:
+    """What buyers see of each event now (drafts included; unknown ids left out), as
+    `availability_message`s: lapsed holds not swept yet count as free."""
+    events = (await session.execute(select(*_EVENT_STATE).where(Event.id.in_(event_ids)))).all()
+    lapsed = await lapsed_places(session, event_ids, now)
+    snapshots = {}
+    for event_id, available, version, status in events:
+        free = available + lapsed.get(event_id, 0)
+        snapshots[event_id] = availability_message(event_id, free, version, status_as_seen(status, free))
+    return snapshots
 
 
 def status_as_seen(status: str, free: int) -> str:
