@@ -61,12 +61,17 @@ class DirectSender:
 
     def __init__(self, handler: TransportWSHandler, operation: Operation[Any, None]) -> None:
         self._websocket = handler.websocket.ws  # the Starlette WebSocket under strawberry's adapter
+        self._schema: GraphQLSchema = handler.schema._schema  # type: ignore[attr-defined]
+        self._operation = operation
         self._prefix = '{"id":' + json.dumps(operation.id) + ',"type":"next","payload":'
-        self._renderer = _renderer(handler.schema._schema, operation.query, operation.operation_name,  # type: ignore[attr-defined]
-                                   json.dumps(operation.variables, sort_keys=True))
+        self._renderer: _Renderer | None = None
 
     async def send(self, value: object, delivery: Delivery | None) -> None:
         """Send `value`; rendered once per `delivery` for all who share it (None: for us alone)."""
+        if self._renderer is None:  # only now: strawberry has accepted the document by this time
+            operation = self._operation
+            self._renderer = _renderer(self._schema, operation.query, operation.operation_name,
+                                       json.dumps(operation.variables, sort_keys=True))
         render = functools.partial(self._renderer.render, value)
         payload = render() if delivery is None else delivery.derive(self._renderer, render)
         try:

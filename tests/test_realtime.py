@@ -353,6 +353,25 @@ async def test_the_legacy_graphql_ws_protocol_gets_the_same_updates(
         assert (update["snapshot"], update["availableSeats"], update["version"]) == (False, 7, event.version + 1)
 
 
+async def test_bad_documents_over_the_websocket_get_protocol_answers(
+        redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=10)
+    async with served(replace(settings, redis_url=redis_url)) as (_, ws_url, _gql):
+        # Invalid but parseable: an `error` message for that operation, the connection stays.
+        async with subscribe(ws_url, "subscription { eventAvailability(eventId: 1) { nope } }") as sub:
+            refused = json.loads(await asyncio.wait_for(sub.ws.recv(), MESSAGE_TIMEOUT))
+            assert refused["type"] == "error" and "nope" in refused["payload"][0]["message"]
+            await sub.ws.send(json.dumps({"id": "2", "type": "subscribe", "payload": {
+                "query": AVAILABILITY, "variables": {"id": str(event.id)}}}))
+            assert (await sub.next())["eventAvailability"]["snapshot"] is True
+        # Not even parseable: the protocol closes the connection with 4400.
+        async with subscribe(ws_url, "subscription { eventAvailability(") as sub:
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(sub.ws.recv(), MESSAGE_TIMEOUT)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+            assert "Syntax Error" in closed.value.rcvd.reason
+
+
 async def test_a_client_that_stops_reading_holds_one_merged_update_not_a_backlog(
         redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     event = await make_event(sessionmaker, capacity=10)
