@@ -103,12 +103,20 @@ class Context:
         # A bad token does not fail the request outright: anonymous reads still work, and
         # anything that needs a user reports UNAUTHENTICATED with this message.
         self.auth_error = auth_error
-        self.loaders = Loaders(services.sessionmaker)
+        self._loaders: Loaders | None = None
         self.connection_params: dict[str, Any] | None = None  # set by strawberry on websockets
+
+    @property
+    def loaders(self) -> Loaders:
+        # Made on first use: most websocket connections never load anything, and objects
+        # every connection keeps lengthen every full garbage collection.
+        if self._loaders is None:
+            self._loaders = Loaders(self.services.sessionmaker)
+        return self._loaders
 
     def renew_loaders(self) -> None:
         """Forget what the loaders cached (subscriptions: once per message)."""
-        self.loaders = Loaders(self.services.sessionmaker)
+        self._loaders = None
 
     def read_session(self) -> AsyncSession:
         return self.services.sessionmaker()
