@@ -21,6 +21,7 @@ from app.services.accounts import Identity
 from app.services.payments import MockGateway
 from tests.conftest import _empty_tables, base_settings
 from tests.factories import SMALL_SEAT_MAP, make_event, make_users
+from tests.test_concurrency import settle
 
 HOLDS = bookings.HoldTimes(reservation_seconds=60, offer_seconds=120)
 
@@ -55,8 +56,7 @@ class BookingMachine(RuleBasedStateMachine):
                 await session.commit()
                 return result
             except DomainError as error:
-                await session.rollback()
-                return error.code
+                return await settle(session, error)
 
     async def _free_places(self, event_id: int) -> int:
         async with self.sessionmaker() as session:

@@ -44,10 +44,19 @@ async def race(sessionmaker: async_sessionmaker[AsyncSession], count: int, work:
                 await session.commit()
                 return result
             except DomainError as error:
-                await session.rollback()
-                return error.code
+                return await settle(session, error)
 
     return await asyncio.gather(*(buyer(i) for i in range(count)))
+
+
+async def settle(session: AsyncSession, error: DomainError) -> ErrorCode:
+    """End a refused unit of work as `run_mutation` does: rolled back, unless the error keeps
+    its changes (a reserve refused after expiring lapsed holds keeps the expiry)."""
+    if error.keep_changes:
+        await session.commit()
+    else:
+        await session.rollback()
+    return error.code
 
 
 async def assert_inventory_truth(sessionmaker: async_sessionmaker[AsyncSession], event_id: int) -> int:

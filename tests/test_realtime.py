@@ -452,10 +452,30 @@ async def test_dropped_connections_leave_nothing_behind(
         assert redis_subscriber_count(redis_url, channel) == 0
 
 
+@contextlib.asynccontextmanager
+async def commits_refused_for(engine: AsyncEngine, user_id: int) -> AsyncIterator[None]:
+    """PostgreSQL refuses, at COMMIT, any transaction that inserted a booking of `user_id`
+    (a deferred constraint trigger): a unit of work that fails after all its statements."""
+    async with engine.begin() as connection:
+        await connection.execute(text(
+            "CREATE OR REPLACE FUNCTION refuse_for_test() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'refused by the test at commit'; END $$"))
+        await connection.execute(text(
+            "CREATE CONSTRAINT TRIGGER refuse_for_test AFTER INSERT ON bookings DEFERRABLE INITIALLY DEFERRED "
+            f"FOR EACH ROW WHEN (NEW.user_id = {int(user_id)}) EXECUTE FUNCTION refuse_for_test()"))
+    try:
+        yield
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(text("DROP TRIGGER refuse_for_test ON bookings"))
+            await connection.execute(text("DROP FUNCTION refuse_for_test()"))
+
+
 async def test_a_rolled_back_reserve_publishes_nothing(
-        redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        redis_url: str, settings: Settings, engine: AsyncEngine,
+        sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     event = await make_event(sessionmaker, capacity=3)
-    first, second = await make_users(sessionmaker, 2)
+    first, second, third = await make_users(sessionmaker, 3)
     channels = [outbox.availability_channel(event.id), outbox.bookings_channel(first.id)]
     async with served(replace(settings, redis_url=redis_url)) as (_, ws_url, gql), \
             aioredis.Redis.from_url(redis_url) as raw, raw.pubsub(ignore_subscribe_messages=True) as published:
@@ -465,11 +485,13 @@ async def test_a_rolled_back_reserve_publishes_nothing(
         async with subscribe(ws_url, AVAILABILITY, {"id": str(event.id)}) as sub:
             snapshot = (await sub.next())["eventAvailability"]  # the lapsed hold counts as free
             assert (snapshot["snapshot"], snapshot["availableSeats"]) == (True, 3)
-            # Taking 4 expires the lapsed hold first (recording its release and the EXPIRED
-            # booking update), then still fails: all of it is rolled back, none of it published.
-            failed = await reserve(gql, token_for(second, settings), event.id, quantity=4)
-            assert [error["code"] for error in failed["errors"]] == ["NOT_ENOUGH_SEATS"]
-            assert (await reserve(gql, token_for(second, settings), event.id, quantity=1))["errors"] == []
+            # Taking 2 expires the lapsed hold first (recording its release and the EXPIRED
+            # booking update), takes the places, then the commit fails: none of it published.
+            async with commits_refused_for(engine, second.id):
+                failed = await gql.raw(RESERVE, {"input": {"eventId": str(event.id), "quantity": 2}},
+                                       token_for(second, settings))
+            assert failed["data"] is None and failed["errors"][0]["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
+            assert (await reserve(gql, token_for(third, settings), event.id, quantity=1))["errors"] == []
             update = (await sub.next())["eventAvailability"]
             assert (update["snapshot"], update["availableSeats"], update["version"], update["status"]) == \
                 (False, 0, event.version + 2, "SOLD_OUT")

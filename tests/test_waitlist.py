@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import DomainError, ErrorCode
-from app.models import Booking, BookingStatus, WaitlistEntry, WaitlistStatus
+from app.models import Booking, BookingStatus, IdempotencyKey, WaitlistEntry, WaitlistStatus
 from app.resolvers.realtime import merge_booking_updates
 from app.services import bookings, outbox, waitlist
 from app.services.payments import MockGateway
@@ -83,6 +83,50 @@ async def test_returned_places_go_to_the_oldest_entry_they_fit(
     confirmed = await small.confirm(mine["offer"]["id"])
     assert confirmed["booking"]["status"] == "CONFIRMED"
     assert (await my_waitlist(small))[0]["status"] == "CONVERTED"
+    await assert_inventory_truth(sessionmaker, event.id)
+
+
+async def test_lapsed_places_owed_to_the_waitlist_are_not_shown_as_free(
+        gql: GraphQLClient, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+    event = await make_event(sessionmaker, capacity=5)
+    holder, waiting, too_big, newcomer, public = [await buyer_for(gql, sessionmaker, settings) for _ in range(5)]
+    hold = (await holder.reserve(event.id, quantity=4))["booking"]
+    await public.reserve(event.id, quantity=1)
+    await join(waiting, event.id, 2)
+    await join(too_big, event.id, 5)
+    await lapse(sessionmaker, hold["id"])  # 4 places back once swept: 2 of them owed to `waiting`
+    seen = (await gql("query($id: ID!) { event(id: $id) { availableSeats status } }",
+                      {"id": str(event.id)}))["event"]
+    assert seen == {"availableSeats": 2, "status": "ON_SALE"}
+    # Every answer agrees with what is shown: 3 cannot be had (the refused reserve swept the
+    # lapsed hold on its way, and `waiting` has its offer), so joining for 3 is allowed.
+    [refused] = (await newcomer.reserve(event.id, quantity=3))["errors"]
+    assert (refused["code"], refused["availableSeats"]) == ("NOT_ENOUGH_SEATS", 2)
+    [offered] = await my_waitlist(waiting)
+    assert offered["status"] == "OFFERED" and offered["offer"]["quantity"] == 2
+    assert (await join(newcomer, event.id, 3))["entry"]["position"] == 2  # behind `too_big`
+    assert (await public.reserve(event.id, quantity=2))["errors"] == []
+    await assert_inventory_truth(sessionmaker, event.id)
+
+
+async def test_a_refused_reserve_keeps_the_expiry_it_did_on_the_way(
+        gql: GraphQLClient, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+    event = await make_event(sessionmaker, capacity=1)
+    holder, waiting, public = [await buyer_for(gql, sessionmaker, settings) for _ in range(3)]
+    hold = (await holder.reserve(event.id, quantity=1))["booking"]
+    await join(waiting, event.id)
+    await lapse(sessionmaker, hold["id"])
+    # The reserve expires the lapsed hold, whose place goes to the waitlist first: the buyer
+    # is refused, and the expiry and the offer stand without waiting for a sweep.
+    assert codes(await public.reserve(event.id, quantity=1, idempotencyKey="try-1")) == ["SOLD_OUT"]
+    [offered] = await my_waitlist(waiting)
+    assert offered["status"] == "OFFERED"
+    async with sessionmaker() as session:
+        assert (await session.get(Booking, int(hold["id"]))).status == BookingStatus.EXPIRED
+        mine = (await session.scalars(select(Booking).where(Booking.user_id == public.user_id))).all()
+        assert mine == []  # the refused buyer's own hold is not kept
+        # Nor its idempotency key: trying again with it is a new attempt, not a replay.
+        assert await session.scalar(select(IdempotencyKey).where(IdempotencyKey.key == "try-1")) is None
     await assert_inventory_truth(sessionmaker, event.id)
 
 

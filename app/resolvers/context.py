@@ -60,7 +60,7 @@ class Loaders:
         self.event = DataLoader(self._by_id(Event))
         self.user = DataLoader(self._by_id(User))
         self.booking = DataLoader(self._by_id(Booking))
-        self.lapsed_places: DataLoader[int, int] = DataLoader(self._lapsed_places)
+        self.public_places: DataLoader[int, int] = DataLoader(self._public_places)
         self.seat: DataLoader[int, tuple[Seat, str] | None] = DataLoader(self._seats)
         self.tickets: DataLoader[int, list[Ticket]] = DataLoader(self._tickets)
 
@@ -76,8 +76,10 @@ class Loaders:
             return await self._read(work)
         return load
 
-    async def _lapsed_places(self, event_ids: Sequence[int]) -> list[int]:
-        places = await self._read(lambda s: inventory.lapsed_places(s, event_ids, utcnow()))
+    async def _public_places(self, event_ids: Sequence[int]) -> list[int]:
+        async def work(session: AsyncSession) -> dict[int, int]:
+            return await inventory.public_places(session, await inventory.event_states(session, event_ids), utcnow())
+        places = await self._read(work)
         return [places.get(i, 0) for i in event_ids]
 
     async def _seats(self, seat_ids: Sequence[int]) -> list[tuple[Seat, str] | None]:

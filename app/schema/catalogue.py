@@ -105,9 +105,10 @@ class Event:
     async def venue(self, info: strawberry.Info) -> Venue:
         return Venue.from_model(await info.context.loaders.venue.load(self.model.venue_id))
 
-    @strawberry.field(description="Places free right now; holds past their expiry count as free.")
+    @strawberry.field(description="Places a buyer can take right now: holds past their expiry count "
+                                  "as free, except the places the waitlist is owed.")
     async def available_seats(self, info: strawberry.Info) -> int:
-        return self.model.available + await info.context.loaders.lapsed_places.load(self.model.id)
+        return await info.context.loaders.public_places.load(self.model.id)
 
     @strawberry.field
     async def status(self, info: strawberry.Info) -> EventStatus:

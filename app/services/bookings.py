@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -113,6 +113,14 @@ async def _remember(session: AsyncSession, claim: KeyClaim | None, booking_id: i
     if claim is not None and claim.key_id is not None:
         await session.execute(update(IdempotencyKey).where(IdempotencyKey.id == claim.key_id)
                               .values(booking_id=booking_id))
+
+
+async def _withdraw(session: AsyncSession, claim: KeyClaim | None, booking: Booking) -> None:
+    """Undo a refused request's own writes (its hold, its key), keeping the rest of the unit of work."""
+    await session.delete(booking)
+    if claim is not None and claim.key_id is not None:
+        await session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == claim.key_id))
+    await session.flush()
 
 
 async def _replayed(session: AsyncSession, claim: KeyClaim | None) -> Booking | None:
@@ -263,11 +271,19 @@ async def reserve(
                               expires_at=now + timedelta(seconds=holds.reservation_seconds))
     taken = await _take(session, event=event, booking=booking, seat_ids=seat_ids,
                         expected_version=expected_version)
-    if not taken and not cleared_lapsed and await expire_lapsed(session, holds=holds, now=now,
-                                                                event_id=event.id):
-        taken = await _take(session, event=event, booking=booking, seat_ids=seat_ids, expected_version=None)
+    if not taken and not cleared_lapsed:
+        cleared_lapsed = bool(await expire_lapsed(session, holds=holds, now=now, event_id=event.id))
+        if cleared_lapsed:
+            taken = await _take(session, event=event, booking=booking, seat_ids=seat_ids, expected_version=None)
     if not taken:
-        raise await _why_not_taken(session, event.id, seat_ids, now)
+        refusal = await _why_not_taken(session, event.id, seat_ids, now)
+        if cleared_lapsed:
+            # The lapsed holds expired on the way stay expired, their places returned and
+            # offered to the waitlist: rolled back with this refusal, they would have been
+            # skipped (SKIP LOCKED) by every sweep meanwhile, and the waitlist kept waiting.
+            await _withdraw(session, claim, booking)
+            refusal.keep_changes = True
+        raise refusal
     await _remember(session, claim, booking.id)
     await session.flush()
     return booking
@@ -467,9 +483,8 @@ async def _offer_to_waitlist(session: AsyncSession, *, event_id: int, holds: Hol
         .where(WaitlistEntry.event_id == event_id, WaitlistEntry.status == WaitlistStatus.WAITING,
                WaitlistEntry.quantity <= available)
         .order_by(WaitlistEntry.id).with_for_update())).all()
-    for entry in waiting:
-        if entry.quantity > available:
-            continue
+    for position in inventory.waitlist_takes(available, [entry.quantity for entry in waiting]):
+        entry = waiting[position]
         offer = await _new_hold(session, event=event, user_id=entry.user_id, quantity=entry.quantity, now=now,
                                 expires_at=now + timedelta(seconds=holds.offer_seconds), waitlist_offer=True)
         if not await _take(session, event=event, booking=offer, seat_ids=None, expected_version=None):
@@ -477,10 +492,7 @@ async def _offer_to_waitlist(session: AsyncSession, *, event_id: int, holds: Hol
             break
         entry.status = WaitlistStatus.OFFERED
         entry.offer_booking_id = offer.id
-        available -= entry.quantity
         record_booking_update(session, offer, WaitlistStatus.OFFERED)
-        if available == 0:
-            break
     await session.flush()
 
 

@@ -4,7 +4,8 @@ Every change goes through the event row's counter (`available`, `version`) in on
 conditional UPDATE, so PostgreSQL's row lock orders concurrent buyers and its re-check of
 the WHERE clause after the lock wait makes sure nobody takes a place that is gone, while
 everybody who fits succeeds. Seats are locked in id order before the event row; bookings
-before seats. Holds past `expires_at` count as free to every read, before any sweeper.
+before seats. Holds past `expires_at` count as free to every read, before any sweeper,
+except the places the sweep will hand to the waitlist (`public_places`).
 
 The statements leave ORM objects already loaded in the session as they were
 (`synchronize_session=False`): callers use what RETURNING gives them, and re-read with
@@ -14,6 +15,7 @@ objects instead would make a later attribute access load lazily, which async ses
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -21,7 +23,7 @@ from typing import Any, Protocol
 from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Booking, BookingStatus, Event, EventStatus, Seat, SeatStatus
+from app.models import Booking, BookingStatus, Event, EventStatus, Seat, SeatStatus, WaitlistEntry, WaitlistStatus
 from app.services import outbox
 
 
@@ -210,21 +212,56 @@ async def lapsed_places(session: AsyncSession, event_ids: Sequence[int], now: da
     return {event_id: int(total) for event_id, total in rows}
 
 
-async def free_places(session: AsyncSession, event: Event, now: datetime) -> int:
-    """The places buyers can have: the counter plus lapsed holds not swept yet."""
-    return event.available + (await lapsed_places(session, [event.id], now)).get(event.id, 0)
+def waitlist_takes(free: int, wanted: Sequence[int]) -> list[int]:
+    """Which waiting entries returned places go to, by position in the queue (oldest first):
+    each in turn that fits what is still free; bigger ones keep their place."""
+    taken = []
+    for position, quantity in enumerate(wanted):
+        if quantity <= free:
+            taken.append(position)
+            free -= quantity
+    return taken
+
+
+async def public_places(session: AsyncSession, events: Sequence[EventState], now: datetime) -> dict[int, int]:
+    """The places a buyer can take now, per event: the counter, plus the places of lapsed
+    holds not swept yet, less those that the sweep (or the next reserve) will offer to the
+    waitlist before anyone else can have them."""
+    lapsed = await lapsed_places(session, [event.id for event in events], now)
+    owing = [event.id for event in events
+             if lapsed.get(event.id) and event.status in (EventStatus.ON_SALE, EventStatus.SOLD_OUT)]
+    wanted: dict[int, list[int]] = defaultdict(list)
+    if owing:
+        rows = await session.execute(
+            select(WaitlistEntry.event_id, WaitlistEntry.quantity)
+            .where(WaitlistEntry.event_id.in_(owing), WaitlistEntry.status == WaitlistStatus.WAITING)
+            .order_by(WaitlistEntry.id))
+        for event_id, quantity in rows:
+            wanted[event_id].append(quantity)
+    places = {}
+    for event in events:
+        free = event.available + lapsed.get(event.id, 0)
+        queue = wanted.get(event.id, [])
+        places[event.id] = free - sum(queue[position] for position in waitlist_takes(free, queue))
+    return places
+
+
+async def free_places(session: AsyncSession, event: EventState, now: datetime) -> int:
+    return (await public_places(session, [event], now))[event.id]
+
+
+async def event_states(session: AsyncSession, event_ids: Sequence[int]) -> list[EventState]:
+    return list((await session.execute(select(*_EVENT_STATE).where(Event.id.in_(event_ids)))).all())
 
 
 async def availability_now(session: AsyncSession, event_ids: Sequence[int], now: datetime) -> dict[int, dict[str, Any]]:
     """What buyers see of each event now (drafts included; unknown ids left out), as
-    `availability_message`s: lapsed holds not swept yet count as free."""
-    events = (await session.execute(select(*_EVENT_STATE).where(Event.id.in_(event_ids)))).all()
-    lapsed = await lapsed_places(session, event_ids, now)
-    snapshots = {}
-    for event_id, available, version, status in events:
-        free = available + lapsed.get(event_id, 0)
-        snapshots[event_id] = availability_message(event_id, free, version, status_as_seen(status, free))
-    return snapshots
+    `availability_message`s."""
+    events = await event_states(session, event_ids)
+    places = await public_places(session, events, now)
+    return {event.id: availability_message(event.id, places[event.id], event.version,
+                                           status_as_seen(event.status, places[event.id]))
+            for event in events}
 
 
 def status_as_seen(status: str, free: int) -> str:
