@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging.config
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from app.logs import logging_config
@@ -53,6 +56,15 @@ def create_admin(settings: Settings, email: str, password: str, name: str) -> No
         session, email=email, password=password, name=name, role=Role.ADMIN, settings=settings)))
 
 
+def share_metrics_between_workers(port: int) -> None:
+    """Give the workers one directory for their metrics (app/metrics.py), empty at start as
+    prometheus_client requires. An operator's own PROMETHEUS_MULTIPROC_DIR is used if set."""
+    directory = Path(os.environ.setdefault(
+        "PROMETHEUS_MULTIPROC_DIR", str(Path(tempfile.gettempdir()) / f"bookmyevent-metrics-{port}")))
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -66,6 +78,8 @@ def serve(settings: Settings) -> None:
             print("Embedded mode runs one worker; set DATABASE_URL and REDIS_URL for more.",
                   file=sys.stderr)
             workers = 1
+    if workers > 1:
+        share_metrics_between_workers(settings.port)
     print(f"GraphQL on http://{settings.host}:{settings.port}/graphql", file=sys.stderr)
     # No per-message deflate: it costs memory on every websocket, and updates are small.
     uvicorn.run("app.web:create_app", factory=True, host=settings.host, port=settings.port,

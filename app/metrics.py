@@ -1,9 +1,25 @@
-"""Prometheus metrics, served at GET /metrics. Each worker process serves its own numbers
-(scrape every worker, or sum them in the dashboard)."""
+"""Prometheus metrics, served at GET /metrics.
+
+With several workers, `bookmyevent serve` gives them a directory in PROMETHEUS_MULTIPROC_DIR
+(prometheus_client's multiprocess mode): each worker writes its numbers there, and the
+worker that answers a scrape adds them all up, so a dashboard sees the whole instance
+rather than one worker picked at random. A worker that crashes leaves its last gauge values
+in the sums until the server restarts (a clean shutdown removes them).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -13,9 +29,13 @@ OPERATIONS = Counter(
 OPERATION_SECONDS = Histogram(
     "bookmyevent_operation_seconds", "GraphQL operation latency by root field",
     ["operation"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-ACTIVE_HOLDS = Gauge("bookmyevent_active_holds", "PENDING bookings not yet lapsed (at the last sweep)")
-HELD_PLACES = Gauge("bookmyevent_held_places", "Places in PENDING bookings not yet lapsed (at the last sweep)")
-WEBSOCKETS = Gauge("bookmyevent_websocket_connections", "Open websocket connections")
+# Every worker's sweeper counts the same holds: report the latest count, not their sum.
+ACTIVE_HOLDS = Gauge("bookmyevent_active_holds", "PENDING bookings not yet lapsed (at the last sweep)",
+                     multiprocess_mode="mostrecent")
+HELD_PLACES = Gauge("bookmyevent_held_places", "Places in PENDING bookings not yet lapsed (at the last sweep)",
+                    multiprocess_mode="mostrecent")
+WEBSOCKETS = Gauge("bookmyevent_websocket_connections", "Open websocket connections", multiprocess_mode="livesum")
+WORKERS = Gauge("bookmyevent_workers", "Worker processes serving", multiprocess_mode="livesum")
 SUBSCRIPTION_MESSAGES = Counter("bookmyevent_subscription_messages_total",
                                 "Subscription messages sent, by subscription", ["subscription"])
 COALESCED_MESSAGES = Counter("bookmyevent_subscription_messages_coalesced_total",
@@ -24,5 +44,19 @@ SWEEPS = Counter("bookmyevent_sweeper_runs_total", "Expiry sweeper runs")
 EXPIRED_HOLDS = Counter("bookmyevent_expired_holds_total", "Holds expired by the sweeper")
 
 
+def worker_started() -> None:
+    WORKERS.inc()
+
+
+def worker_stopped() -> None:
+    WORKERS.dec()
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.mark_process_dead(os.getpid())  # its live gauges leave the sums
+
+
 async def metrics_endpoint(request: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

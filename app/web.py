@@ -187,9 +187,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # out of every later full collection, whose pause is what subscribers wait through.
         gc.collect()
         gc.freeze()
+        metrics.worker_started()
         try:
             yield
         finally:
+            metrics.worker_stopped()
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper

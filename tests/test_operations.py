@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.logs import JsonFormatter, RequestIdFilter, request_id
@@ -16,6 +20,7 @@ from app.services import catalogue
 from app.settings import Settings
 from tests.conftest import GraphQLClient, free_port, running_app
 from tests.factories import make_event, make_user, token_for
+from tests.servers import MESSAGE_TIMEOUT, STARTUP_TIMEOUT, AppProcess
 from tests.test_bookings import Buyer
 
 
@@ -110,3 +115,36 @@ async def test_event_sales_for_admins(gql: GraphQLClient, settings: Settings,
                      "cancellations": 1, "expiredHolds": 0, "waitlistLength": 0}
     refused = await gql.raw(query, {"id": str(event.id)}, buyer.token)
     assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+
+
+async def test_metrics_add_up_every_worker(postgres_database: str, redis_url: str, tmp_path: Path) -> None:
+    server = AppProcess(database_url=postgres_database, redis_url=redis_url, log_path=tmp_path / "server.log")
+    server.env["WORKERS"] = "2"
+
+    async def scrape(http: httpx.AsyncClient) -> dict[str, float]:
+        text = (await http.get("/metrics")).text
+        samples: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "bookmyevent_workers":
+                    samples["workers"] = sample.value
+                elif sample.name == "bookmyevent_mutations_total" and sample.labels["mutation"] == "login":
+                    samples["logins"] = samples.get("logins", 0) + sample.value
+        return samples
+
+    try:
+        await server.start()
+        async with httpx.AsyncClient(base_url=server.http_url, timeout=MESSAGE_TIMEOUT) as http:
+            async with asyncio.timeout(STARTUP_TIMEOUT):  # the second worker may still be starting
+                while (await scrape(http)).get("workers") != 2:
+                    await asyncio.sleep(0.1)
+        logins = 30
+        for _ in range(logins):  # a connection each, so both workers answer some
+            async with httpx.AsyncClient(base_url=server.http_url, timeout=MESSAGE_TIMEOUT) as http:
+                await GraphQLClient(http).raw(
+                    'mutation { login(input: {email: "nobody@example.com", password: "wrong"}) { accessToken } }')
+        for _ in range(5):  # whichever worker answers, it reports the whole instance
+            async with httpx.AsyncClient(base_url=server.http_url, timeout=MESSAGE_TIMEOUT) as http:
+                assert await scrape(http) == {"workers": 2, "logins": logins}
+    finally:
+        await server.stop()
