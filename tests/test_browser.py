@@ -1,11 +1,11 @@
 """End to end in a real browser: the page at / and its live seat map.
 
-Two browser contexts show one seated event. A registers on the page, reserves a seat and
-pays; B, already showing the seat map, sees that seat turn HELD and then BOOKED without
-reloading: the page's own graphql-transport-ws client over the browser's WebSocket. The app
-runs under uvicorn in this event loop on the embedded SQLite database; the browser is
-Debian's Chromium (`apt-get install chromium`), driven by Playwright without
-`playwright install`.
+Two browser contexts show one seated event. A registers on the page, reserves a seat,
+reloads (the hold is still shown), pays and signs out (its refresh token is revoked); B,
+already showing the seat map, sees that seat turn HELD and then BOOKED without reloading:
+the page's own graphql-transport-ws client over the browser's WebSocket. The app runs under
+uvicorn in this event loop on the embedded SQLite database; the browser is Debian's
+Chromium (`apt-get install chromium`), driven by Playwright without `playwright install`.
 """
 
 from __future__ import annotations
@@ -115,6 +115,11 @@ async def test_seat_map_follows_another_browser_live(settings: Settings,
             await b.wait_for_selector(f'{seat_in}[data-status="HELD"]')
             assert await b.is_disabled(seat_in)
             await b.screenshot(path=ARTIFACTS / "browser-b-held.png", full_page=True)
+            # A reloads: still signed in, and the hold is still there to pay for.
+            await a.reload()
+            await a.wait_for_selector("#user-name:text('Buyer (buyer@example.com)')")
+            await a.wait_for_selector('#hold[data-status="PENDING"]')
+            await a.wait_for_selector(f'{seat_in}.mine[data-status="HELD"]')
 
             # A pays: a ticket link; B sees the seat BOOKED and one place fewer.
             await a.click("#pay-btn")
@@ -127,6 +132,18 @@ async def test_seat_map_follows_another_browser_live(settings: Settings,
             assert await b.evaluate("window.sameDocument") is True
             await a.screenshot(path=ARTIFACTS / "browser-a-booked.png", full_page=True)
             await b.screenshot(path=ARTIFACTS / "browser-b-booked.png", full_page=True)
+            # A signs out: the session ends on the server too, so its refresh token is dead.
+            refresh = await a.evaluate("sessionStorage.getItem('bme.refresh')")
+            assert refresh
+            await a.click("#logout-btn")
+            await a.wait_for_selector("#auth-form:not([hidden])")
+            assert await a.evaluate("[sessionStorage.getItem('bme.token'), sessionStorage.getItem('bme.refresh')]") \
+                == [None, None]
+            assert await a.is_hidden("#hold")
+            renewed = await a_context.request.post(f"{base}/graphql", data={"query": (
+                "mutation($t: String!) { refreshToken(refreshToken: $t) { accessToken errors { code } } }"),
+                "variables": {"t": refresh}})
+            assert (await renewed.json())["data"]["refreshToken"]["accessToken"] is None
             assert problems == []
         finally:
             await browser.close()

@@ -2,10 +2,12 @@
 "use strict";
 
 const TOKEN_KEY = "bme.token";
+const REFRESH_KEY = "bme.refresh";  // renews the access token, and is revoked on sign-out
 const $ = (selector) => document.querySelector(selector);
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
+  refresh: sessionStorage.getItem(REFRESH_KEY),
   event: null,          // the open event, as the `event` query returned it
   seats: new Map(),     // seat id -> {seat, el}
   selected: new Set(),  // seat ids picked for the next reservation
@@ -20,8 +22,10 @@ const EVENT_QUERY = `query($id: ID!) { event(id: $id) {
   id name description startsAt status availableSeats version priceCents currency maxTicketsPerBooking
   venue { name city } seatMap { name }
   seats { id section row number label status priceCents } } }`;
-const BOOKING_FIELDS = `booking { id reference status quantity totalCents currency expiresAt ticketUrl
-  event { id name } seats { id label } } errors { code message }`;
+const BOOKING = `id reference status quantity totalCents currency expiresAt ticketUrl
+  event { id name } seats { id label }`;
+const BOOKING_FIELDS = `booking { ${BOOKING} } errors { code message }`;
+const SESSION_FIELDS = "accessToken refreshToken user { name email } errors { code message }";
 const AVAILABILITY_SUBSCRIPTION = `subscription($eventId: ID!) { eventAvailability(eventId: $eventId) {
   eventId availableSeats version status snapshot changedSeats { seatId status } } }`;
 
@@ -83,10 +87,16 @@ async function mutate(query, input, button) {
 
 // --- account ---------------------------------------------------------------------------------
 
-function setToken(token) {
+function remember(key, value) {
+  if (value) sessionStorage.setItem(key, value);
+  else sessionStorage.removeItem(key);
+}
+
+function setToken(token, refresh = state.refresh) {
   state.token = token;
-  if (token) sessionStorage.setItem(TOKEN_KEY, token);
-  else sessionStorage.removeItem(TOKEN_KEY);
+  state.refresh = refresh;
+  remember(TOKEN_KEY, token);
+  remember(REFRESH_KEY, refresh);
   if (state.event) startLive(state.event.id);  // the socket authenticates once, at connection_init
   updateControls();
 }
@@ -104,20 +114,50 @@ async function signIn(kind, button) {
   if (kind === "register") input.name = form.name.value.trim() || email.split("@")[0];
   const type = kind === "register" ? "RegisterInput" : "LoginInput";
   const payload = await mutate(`mutation($input: ${type}!) { result: ${kind}(input: $input) {
-    accessToken user { name email } errors { code message } } }`, input, button);
+    ${SESSION_FIELDS} } }`, input, button);
   if (!payload) return;
   form.reset();
-  setToken(payload.accessToken);
+  setToken(payload.accessToken, payload.refreshToken);
   showUser(payload.user);
+  if (state.event) await loadHold(state.event.id);
 }
 
+async function signOut() {
+  if (state.refresh) {  // ends the session on the server too, not only in this tab
+    await gql("mutation($token: String!) { logout(refreshToken: $token) { errors { code } } }",
+      { token: state.refresh });
+  }
+  setToken(null, null);
+  showUser(null);
+  setHold(null);
+}
+
+// After a reload the tab still has its tokens: the access token may have run out since,
+// and the refresh token then gets a new one.
 async function restoreSession() {
-  if (!state.token) return showUser(null);
-  const data = await gql("query { me { name email } }");
+  if (!state.token && !state.refresh) return showUser(null);
+  const data = state.token ? await gql("query { me { name email } }") : null;
   if (data?.me) return showUser(data.me);
-  setToken(null);
+  const renewed = state.refresh ? await gql(`mutation($token: String!) { result: refreshToken(refreshToken: $token) {
+    ${SESSION_FIELDS} } }`, { token: state.refresh }) : null;
+  if (renewed?.result.accessToken) {
+    clearMessages();
+    setToken(renewed.result.accessToken, renewed.result.refreshToken);
+    return showUser(renewed.result.user);
+  }
+  setToken(null, null);
   showUser(null);
   showMessages(["Your session has ended: please sign in again."]);
+}
+
+// The signed-in user's hold on this event, if any: a reload must not hide it.
+async function loadHold(eventId) {
+  if (!state.token) return;
+  const data = await gql(`query { myBookings(status: PENDING, first: 50) { edges { node { ${BOOKING} } } } }`);
+  const now = Date.now();
+  const hold = data?.myBookings.edges.map((edge) => edge.node)
+    .find((booking) => booking.event.id === eventId && Date.parse(booking.expiresAt) > now);
+  if (hold) setHold(hold);
 }
 
 // --- catalogue -------------------------------------------------------------------------------
@@ -156,6 +196,7 @@ async function openEvent(id) {
   }
   showEventState(event);
   startLive(event.id);
+  await loadHold(event.id);
 }
 
 function showEventState(event) {
@@ -447,7 +488,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     const button = event.submitter ?? $("#login-btn");
     signIn(button.value === "register" ? "register" : "login", button);
   });
-  $("#logout-btn").addEventListener("click", () => { setToken(null); showUser(null); });
+  $("#logout-btn").addEventListener("click", signOut);
   $("#seat-map").addEventListener("click", (event) => {
     const button = event.target.closest("button.seat");
     if (button && !button.disabled) toggleSeat(button);
