@@ -28,11 +28,14 @@ async def sweep_once(services: AppServices) -> int:
 
 
 async def run_sweeper(services: AppServices, interval_seconds: float) -> None:
+    """Sweep every `interval_seconds`, the first time one interval after startup: reads and
+    reserves treat lapsed holds as free meanwhile, and instances restarted together do not
+    all sweep at the same instant."""
     while True:
+        await asyncio.sleep(interval_seconds)
         try:
             # A full batch means more are waiting: go again at once.
             while await sweep_once(services) == bookings.EXPIRY_BATCH:
                 pass
         except Exception:  # a database blip must not end the sweeper
             logger.exception("Expiry sweep failed; retrying in %s s", interval_seconds)
-        await asyncio.sleep(interval_seconds)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,10 +12,11 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.models import Booking, Event, Payment, Role, utcnow
+from app.models import Booking, BookingStatus, Event, Payment, Role, utcnow
+from app.services import bookings
 from app.settings import Settings
-from tests.conftest import GraphQLClient
-from tests.factories import SMALL_SEAT_MAP, make_event, make_user, token_for
+from tests.conftest import GraphQLClient, running_app
+from tests.factories import SMALL_SEAT_MAP, make_event, make_user, make_users, token_for
 
 BOOKING_FIELDS = """id reference status quantity totalCents currency expiresAt confirmedAt cancelledAt
   ticketUrl version seats { id label status } tickets { code status url seat { label } }
@@ -188,6 +191,29 @@ async def test_confirm_twice_same_key_same_answer_else_invalid_state(
     assert codes(await buyer.confirm(booking["id"])) == ["INVALID_STATE"]
     async with sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(Payment)) == 1
+
+
+async def test_the_sweeper_expires_lapsed_holds_on_its_own(
+        settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=3)
+    [user] = await make_users(sessionmaker, 1)
+    holds = bookings.HoldTimes(reservation_seconds=300, offer_seconds=600)
+    async with sessionmaker() as session:
+        hold = await bookings.reserve(session, user_id=user.id, event_id=event.id, quantity=2, seat_ids=None,
+                                      idempotency_key=None, expected_version=None, holds=holds)
+        await session.commit()
+    await lapse(sessionmaker, str(hold.id))
+    async with running_app(replace(settings, sweep_interval_seconds=0.1)):
+        async with asyncio.timeout(10):  # nothing but the app's own sweeper touches it
+            while True:
+                async with sessionmaker() as session:
+                    swept = await session.get(Booking, hold.id)
+                    counter = await session.get(Event, event.id)
+                    assert swept is not None and counter is not None
+                    if swept.status == BookingStatus.EXPIRED:
+                        break
+                await asyncio.sleep(0.05)
+    assert counter.available == 3
 
 
 async def test_lapsed_hold_is_free_before_the_sweeper(buyer: Buyer, other_buyer: Buyer, admin: Buyer,
