@@ -7,11 +7,13 @@ import contextlib
 import json
 import random
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import redis
 from redis import asyncio as aioredis
@@ -50,6 +52,8 @@ AVAILABILITY = """subscription($id: ID!) { eventAvailability(eventId: $id) {
 RESERVE = """mutation($input: ReserveInput!) { reserveSeats(input: $input) {
   booking { id status seats { id } event { version availableSeats } } errors { code } } }"""
 CONFIRM = """mutation($input: ConfirmInput!) { confirmBooking(input: $input) {
+  booking { id status } errors { code } } }"""
+CANCEL = """mutation($input: CancelInput!) { cancelBooking(input: $input) {
   booking { id status } errors { code } } }"""
 MY_BOOKINGS = "subscription { myBookingUpdates { reason booking { id status reference tickets { code } } } }"
 
@@ -504,6 +508,43 @@ async def test_a_rolled_back_reserve_publishes_nothing(
     async with sessionmaker() as session:  # the expiry was rolled back too
         booking = await session.get(Booking, int(held["booking"]["id"]))
         assert booking is not None and booking.status == BookingStatus.PENDING
+
+
+async def test_private_updates_end_with_the_access_token(
+        redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=5)
+    [user] = await make_users(sessionmaker, 1)
+    short_lived = token_for(user, replace(settings, access_token_ttl_seconds=3))
+    expires_at = jwt.decode(short_lived, options={"verify_signature": False})["exp"]
+    token = token_for(user, settings)  # for the HTTP calls
+    async with served(replace(settings, redis_url=redis_url)) as (_, ws_url, gql), \
+            subscribe(ws_url, MY_BOOKINGS, token=short_lived) as sub:
+        async with asyncio.timeout(MESSAGE_TIMEOUT):
+            while not redis_subscriber_count(redis_url, outbox.bookings_channel(user.id)):
+                await asyncio.sleep(0.05)
+        booking_id = (await reserve(gql, token, event.id, quantity=1))["booking"]["id"]
+        confirmed = await gql(CONFIRM, {"input": {"bookingId": booking_id, "paymentToken": "tok_visa"}}, token)
+        assert confirmed["confirmBooking"]["errors"] == []
+        assert (await sub.next())["myBookingUpdates"]["reason"] == "CONFIRMED"
+
+        await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.5)  # the token's own lifetime
+        cancelled = await gql(CANCEL, {"input": {"bookingId": booking_id}}, token)
+        assert cancelled["cancelBooking"]["errors"] == []
+        ended = json.loads(await asyncio.wait_for(sub.ws.recv(), MESSAGE_TIMEOUT))
+        assert ended["type"] == "next" and ended["payload"]["data"] is None
+        assert "expired" in ended["payload"]["errors"][0]["message"]
+        assert ended["payload"]["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+        assert json.loads(await asyncio.wait_for(sub.ws.recv(), MESSAGE_TIMEOUT))["type"] == "complete"
+        # The socket itself stays: public subscriptions go on, private ones are refused.
+        for operation_id, query in (("2", MY_BOOKINGS), ("3", AVAILABILITY)):
+            await sub.ws.send(json.dumps({"id": operation_id, "type": "subscribe", "payload": {
+                "query": query, "variables": {"id": str(event.id)} if query == AVAILABILITY else {}}}))
+        first: dict[str, dict[str, Any]] = {}
+        while len(first) < 2:
+            message = json.loads(await asyncio.wait_for(sub.ws.recv(), MESSAGE_TIMEOUT))
+            first.setdefault(message["id"], message)
+        assert [error["extensions"]["code"] for error in first["2"]["payload"]["errors"]] == ["UNAUTHENTICATED"]
+        assert first["3"]["payload"]["data"]["eventAvailability"]["snapshot"] is True
 
 
 async def test_my_booking_updates_and_websocket_authentication(

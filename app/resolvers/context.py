@@ -126,6 +126,11 @@ class Context:
     def require_user(self) -> Identity:
         if self.identity is None:
             raise self.auth_error or DomainError(ErrorCode.UNAUTHENTICATED, "Sign in first")
+        # An HTTP request decodes its token each time; a websocket only at connection_init,
+        # and may stay open long after the token (or the session) has ended.
+        if self.identity.expired(utcnow()):
+            raise DomainError(ErrorCode.UNAUTHENTICATED,
+                              "Your access token has expired: connect again with a fresh one")
         return self.identity
 
     @property

@@ -83,6 +83,7 @@ class RealtimeSubscription:
                 delivery = await inbox.next()
                 if delivery is None:
                     continue  # nothing to resend: bookings are re-read with myBookings
+                info.context.require_user()  # private updates end with the caller's token
                 message = delivery.message
                 batch = message.get("batch") or {str(message["bookingId"]): message["reason"]}
                 info.context.renew_loaders()  # a websocket lives long: read each message fresh

@@ -14,7 +14,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 import jwt
@@ -41,10 +41,14 @@ class Identity:
 
     user_id: int
     role: str
+    expires_at: datetime | None = None  # the token's; a websocket outlives it (see Context)
 
     @property
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,8 @@ def decode_access_token(token: str, settings: Settings) -> Identity:
         )
         if claims["typ"] != "access" or claims.get("role") not in (Role.USER, Role.ADMIN):
             raise jwt.InvalidTokenError("not an access token")
-        return Identity(user_id=int(claims["sub"]), role=claims["role"])
+        return Identity(user_id=int(claims["sub"]), role=claims["role"],
+                        expires_at=datetime.fromtimestamp(claims["exp"], UTC))
     except (jwt.InvalidTokenError, ValueError):
         raise DomainError(ErrorCode.UNAUTHENTICATED, "Sign in again: your session is not valid") from None
 
