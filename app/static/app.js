@@ -97,7 +97,6 @@ function setToken(token, refresh = state.refresh) {
   state.refresh = refresh;
   remember(TOKEN_KEY, token);
   remember(REFRESH_KEY, refresh);
-  if (state.event) startLive(state.event.id);  // the socket authenticates once, at connection_init
   updateControls();
 }
 
@@ -283,9 +282,11 @@ function toggleSeat(button) {
 // --- live availability -----------------------------------------------------------------------
 
 // One graphql-transport-ws connection carrying eventAvailability; reconnects with backoff.
+// Anonymous: availability is public, and a token would only make reconnects fail once it
+// has expired.
 class LiveFeed {
-  constructor(eventId, token) {
-    Object.assign(this, { eventId, token, attempt: 0, stopped: false, ws: null, timer: null });
+  constructor(eventId) {
+    Object.assign(this, { eventId, attempt: 0, stopped: false, ws: null, timer: null });
     this.connect();
   }
 
@@ -295,8 +296,7 @@ class LiveFeed {
     this.ws = ws;
     setLiveState("connecting", "connecting…");
     const send = (message) => ws.send(JSON.stringify(message));
-    ws.addEventListener("open", () => send({
-      type: "connection_init", payload: this.token ? { authorization: `Bearer ${this.token}` } : {} }));
+    ws.addEventListener("open", () => send({ type: "connection_init", payload: {} }));
     ws.addEventListener("message", (message) => {
       if (ws !== this.ws || this.stopped) return;
       const msg = JSON.parse(message.data);
@@ -343,7 +343,7 @@ function setLiveState(key, text) {
 
 function startLive(eventId) {
   state.live?.stop();
-  state.live = new LiveFeed(eventId, state.token);
+  state.live = new LiveFeed(eventId);
 }
 
 function applyAvailability(update) {
