@@ -16,6 +16,11 @@ from app.schema.realtime import AvailabilityUpdate, BookingUpdate
 from app.services import outbox
 
 
+def since_version(message: dict[str, Any]) -> int:
+    # Instances of the previous release (during a rolling deploy) publish without it.
+    return int(message.get("sinceVersion", message["version"] - 1))
+
+
 def merge_availability(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
     """Fold two availability messages a reader has not read yet into one: the newer state,
     with every seat change of both (the later change of a seat wins)."""
@@ -23,7 +28,8 @@ def merge_availability(older: dict[str, Any], newer: dict[str, Any]) -> dict[str
         older, newer = newer, older
     seats = {change["seatId"]: change["status"] for change in older["changedSeats"]}
     seats.update((change["seatId"], change["status"]) for change in newer["changedSeats"])
-    return {**newer, "changedSeats": [{"seatId": s, "status": st} for s, st in seats.items()]}
+    return {**newer, "sinceVersion": since_version(older),
+            "changedSeats": [{"seatId": s, "status": st} for s, st in seats.items()]}
 
 
 def merge_booking_updates(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +43,7 @@ async def _snapshot(info: strawberry.Info, event_id: int) -> AvailabilityUpdate:
     message = await info.context.services.availability.load(event_id)
     if message is None:
         raise DomainError(ErrorCode.NOT_FOUND, "Event not found")
-    return AvailabilityUpdate.from_message(message, snapshot=True)
+    return AvailabilityUpdate.from_message(message, message["version"], snapshot=True)
 
 
 @strawberry.type
@@ -63,8 +69,8 @@ class RealtimeSubscription:
                 if delivery is None:  # messages may have been lost: start again from the truth
                     update = await _snapshot(info, parsed)
                 elif delivery.message["version"] > version:
-                    update = delivery.derive(AvailabilityUpdate, partial(AvailabilityUpdate.from_message,
-                                                                         delivery.message))
+                    update = delivery.derive(AvailabilityUpdate, partial(
+                        AvailabilityUpdate.from_message, delivery.message, since_version(delivery.message)))
                 else:
                     continue  # already covered by the snapshot
                 version = update.version

@@ -36,11 +36,14 @@ class EventState(Protocol):
 
 def availability_message(event_id: int, available: int, version: int, status: str,
                          changed_seats: Iterable[tuple[int, str]] = ()) -> dict[str, Any]:
-    """An event's state at a version, as subscribers receive it (app/resolvers/realtime.py)."""
+    """An event's state at a version, as subscribers receive it (app/resolvers/realtime.py).
+    `sinceVersion`: the seat changes listed are every one after that version (merging two
+    messages keeps the older one's), so a subscriber can tell merged messages from lost ones."""
     return {
         "eventId": event_id,
         "availableSeats": available,
         "version": version,
+        "sinceVersion": version - 1,
         "status": status,
         "changedSeats": [{"seatId": seat_id, "status": seat_status} for seat_id, seat_status in changed_seats],
     }

@@ -27,7 +27,7 @@ const BOOKING = `id reference status quantity totalCents currency expiresAt tick
 const BOOKING_FIELDS = `booking { ${BOOKING} } errors { code message }`;
 const SESSION_FIELDS = "accessToken refreshToken user { name email } errors { code message }";
 const AVAILABILITY_SUBSCRIPTION = `subscription($eventId: ID!) { eventAvailability(eventId: $eventId) {
-  eventId availableSeats version status snapshot changedSeats { seatId status } } }`;
+  eventId availableSeats version sinceVersion status snapshot changedSeats { seatId status } } }`;
 
 // --- helpers ---------------------------------------------------------------------------------
 
@@ -354,8 +354,10 @@ function applyAvailability(update) {
     return;
   }
   if (update.version <= state.version && !update.snapshot) return;  // already shown
-  // A snapshot (a new or renewed connection) or a gap in versions: re-read the seats.
-  if (update.snapshot ? update.version !== state.version : update.version > state.version + 1) {
+  // A snapshot (a new or renewed connection), or changes this page never saw: re-read the
+  // seats. A jump in version alone is not that: changes close together arrive merged, and
+  // changedSeats then covers all of them since sinceVersion.
+  if (update.snapshot ? update.version !== state.version : update.sinceVersion > state.version) {
     reloadSeats(update.version);
     return;
   }
