@@ -10,10 +10,14 @@ Chromium (`apt-get install chromium`), driven by Playwright without `playwright 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
+from dataclasses import replace
 from pathlib import Path
 
+import jwt
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from sqlalchemy import select
@@ -144,6 +148,39 @@ async def test_seat_map_follows_another_browser_live(settings: Settings,
                 "mutation($t: String!) { refreshToken(refreshToken: $t) { accessToken errors { code } } }"),
                 "variables": {"t": refresh}})
             assert (await renewed.json())["data"]["refreshToken"]["accessToken"] is None
+            assert problems == []
+        finally:
+            await browser.close()
+
+
+async def test_a_page_left_open_past_its_access_token_still_reserves(
+        settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    require_chromium()
+    event = await make_event(sessionmaker, seat_map=SMALL_SEAT_MAP, name="Late Show")
+    seat_in = f'#seat-map [data-seat-id="{await seat_id(sessionmaker, event.id, "Stalls", "B", 2)}"]'
+    problems: list[str] = []
+    short_lived = replace(settings, access_token_ttl_seconds=2)
+    async with serve_in_process(create_app(short_lived)) as address, async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                                   headless=True, timeout=30_000)
+        try:
+            _, page = await open_page(browser, problems)
+            await page.goto(f"http://{address}/#event/{event.id}")
+            await page.fill("#auth-email", "late@example.com")
+            await page.fill("#auth-password", "correct horse battery")
+            await page.fill("#auth-name", "Late")
+            await page.click("#register-btn")
+            await page.wait_for_selector("#user-name:text('Late (late@example.com)')")
+            first = await page.evaluate("sessionStorage.getItem('bme.token')")
+            expires_at = jwt.decode(first, options={"verify_signature": False})["exp"]
+            await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.5)  # the token's own lifetime
+            # The reserve is refused for the expired token, renewed, and sent again: the buyer
+            # sees only the hold.
+            await page.click(seat_in)
+            await page.click("#reserve-btn")
+            await page.wait_for_selector('#hold[data-status="PENDING"]')
+            assert await page.text_content("#messages") == ""
+            assert await page.evaluate("sessionStorage.getItem('bme.token')") != first
             assert problems == []
         finally:
             await browser.close()

@@ -52,12 +52,32 @@ function showMessages(texts, kind = "error") {
 
 const clearMessages = () => showMessages([]);
 
-async function gql(query, variables = {}) {
+async function post(query, variables, token = state.token) {
   const headers = { "Content-Type": "application/json" };
-  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch("/graphql", { method: "POST", headers, body: JSON.stringify({ query, variables }) });
+  return response.json();
+}
+
+const refusedForToken = (body) => [...(body.errors ?? []), ...(body.data?.result?.errors ?? [])]
+  .some((error) => (error.extensions?.code ?? error.code) === "UNAUTHENTICATED");
+
+// An access token lasts minutes, a page stays open longer: a call refused for an expired
+// token gets a new one from the refresh token, once, and is sent again.
+async function renewSession() {
+  if (!state.refresh) return false;
+  const body = await post(`mutation($token: String!) { result: refreshToken(refreshToken: $token) {
+    ${SESSION_FIELDS} } }`, { token: state.refresh }, null);
+  const renewed = body.data?.result;
+  if (!renewed?.accessToken) return false;
+  setToken(renewed.accessToken, renewed.refreshToken);
+  return true;
+}
+
+async function gql(query, variables = {}) {
   try {
-    const response = await fetch("/graphql", { method: "POST", headers, body: JSON.stringify({ query, variables }) });
-    const body = await response.json();
+    let body = await post(query, variables);
+    if (state.token && refusedForToken(body) && await renewSession()) body = await post(query, variables);
     if (body.errors?.length) showMessages(body.errors.map((error) => error.message));
     return body.data ?? null;
   } catch (error) {
@@ -131,19 +151,11 @@ async function signOut() {
   setHold(null);
 }
 
-// After a reload the tab still has its tokens: the access token may have run out since,
-// and the refresh token then gets a new one.
+// After a reload the tab still has its tokens (gql renews an access token that ran out).
 async function restoreSession() {
-  if (!state.token && !state.refresh) return showUser(null);
-  const data = state.token ? await gql("query { me { name email } }") : null;
+  if (!state.token) return showUser(null);
+  const data = await gql("query { me { name email } }");
   if (data?.me) return showUser(data.me);
-  const renewed = state.refresh ? await gql(`mutation($token: String!) { result: refreshToken(refreshToken: $token) {
-    ${SESSION_FIELDS} } }`, { token: state.refresh }) : null;
-  if (renewed?.result.accessToken) {
-    clearMessages();
-    setToken(renewed.result.accessToken, renewed.result.refreshToken);
-    return showUser(renewed.result.user);
-  }
   setToken(null, null);
   showUser(null);
   showMessages(["Your session has ended: please sign in again."]);
