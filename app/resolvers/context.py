@@ -60,7 +60,7 @@ class Loaders:
         self.event = DataLoader(self._by_id(Event))
         self.user = DataLoader(self._by_id(User))
         self.booking = DataLoader(self._by_id(Booking))
-        self.public_places: DataLoader[int, int] = DataLoader(self._public_places)
+        self.public_places: DataLoader[inventory.EventCounter, int] = DataLoader(self._public_places)
         self.seat: DataLoader[int, tuple[Seat, str] | None] = DataLoader(self._seats)
         self.tickets: DataLoader[int, list[Ticket]] = DataLoader(self._tickets)
 
@@ -76,11 +76,9 @@ class Loaders:
             return await self._read(work)
         return load
 
-    async def _public_places(self, event_ids: Sequence[int]) -> list[int]:
-        async def work(session: AsyncSession) -> dict[int, int]:
-            return await inventory.public_places(session, await inventory.event_states(session, event_ids), utcnow())
-        places = await self._read(work)
-        return [places.get(i, 0) for i in event_ids]
+    async def _public_places(self, events: Sequence[inventory.EventCounter]) -> list[int]:
+        places = await self._read(lambda s: inventory.public_places(s, events, utcnow()))
+        return [places[event.id] for event in events]
 
     async def _seats(self, seat_ids: Sequence[int]) -> list[tuple[Seat, str] | None]:
         seats = await self._read(lambda s: inventory.seats_by_ids(s, seat_ids, utcnow()))

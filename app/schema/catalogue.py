@@ -108,7 +108,9 @@ class Event:
     @strawberry.field(description="Places a buyer can take right now: holds past their expiry count "
                                   "as free, except the places the waitlist is owed.")
     async def available_seats(self, info: strawberry.Info) -> int:
-        return await info.context.loaders.public_places.load(self.model.id)
+        model = self.model
+        return await info.context.loaders.public_places.load(
+            inventory.EventCounter(model.id, model.available, model.version, model.status))
 
     @strawberry.field
     async def status(self, info: strawberry.Info) -> EventStatus:

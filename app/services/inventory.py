@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +28,15 @@ from app.services import outbox
 
 
 class EventState(Protocol):
+    id: int
+    available: int
+    version: int
+    status: str
+
+
+class EventCounter(NamedTuple):
+    """An event's counter as already read (hashable: a DataLoader key)."""
+
     id: int
     available: int
     version: int
@@ -253,14 +262,10 @@ async def free_places(session: AsyncSession, event: EventState, now: datetime) -
     return (await public_places(session, [event], now))[event.id]
 
 
-async def event_states(session: AsyncSession, event_ids: Sequence[int]) -> list[EventState]:
-    return list((await session.execute(select(*_EVENT_STATE).where(Event.id.in_(event_ids)))).all())
-
-
 async def availability_now(session: AsyncSession, event_ids: Sequence[int], now: datetime) -> dict[int, dict[str, Any]]:
     """What buyers see of each event now (drafts included; unknown ids left out), as
     `availability_message`s."""
-    events = await event_states(session, event_ids)
+    events = (await session.execute(select(*_EVENT_STATE).where(Event.id.in_(event_ids)))).all()
     places = await public_places(session, events, now)
     return {event.id: availability_message(event.id, places[event.id], event.version,
                                            status_as_seen(event.status, places[event.id]))
