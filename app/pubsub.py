@@ -209,8 +209,9 @@ class Broker:
     thus gets the latest state a few times a second instead of every change, and the work
     per change (building and rendering the message) is done once for the whole channel."""
 
-    def __init__(self, url: str, *, coalesce_seconds: float = 0.05) -> None:
+    def __init__(self, url: str, *, coalesce_seconds: float = 0.05, prefix: str = "") -> None:
         self.url = url
+        self._prefix = prefix  # on the wire only: callers name channels without it
         self.coalesce_seconds = coalesce_seconds
         self._backend = ReconnectingRedisBackend(url) if url.startswith(("redis://", "rediss://")) else None
         self._broadcast = Broadcast(backend=self._backend) if self._backend else Broadcast(url)
@@ -236,7 +237,7 @@ class Broker:
 
     async def publish(self, channel: str, message: Message) -> None:
         try:
-            await self._broadcast.publish(channel, json.dumps(message))
+            await self._broadcast.publish(self._prefix + channel, json.dumps(message))
         except (RedisError, OSError) as error:
             logger.warning("Could not publish on %s (%s): subscribers resync on reconnect", channel, error)
 
@@ -265,7 +266,7 @@ class Broker:
                 channel.close()
 
     async def _pump(self, channel_name: str, channel: _Channel) -> None:
-        async with self._broadcast.subscribe(channel_name) as subscriber:
+        async with self._broadcast.subscribe(self._prefix + channel_name) as subscriber:
             channel.subscribed.set()
             async for event in subscriber:  # type: ignore[union-attr]
                 assert event is not None

@@ -44,6 +44,9 @@ class ConfigurationError(RuntimeError):
 class Settings:
     database_url: str = "sqlite+aiosqlite:///./bookmyevent.db"
     redis_url: str | None = None
+    # Put before every Redis key and channel: deployments (or test runs) sharing one Redis
+    # never see each other's messages or counters.
+    redis_prefix: str = ""
     jwt_secret: str = DEV_JWT_SECRET
     jwt_algorithm: str = "HS256"
     access_token_ttl_seconds: int = 900
@@ -90,6 +93,7 @@ class Settings:
 _FIELDS = {
     "DATABASE_URL": ("database_url", str),
     "REDIS_URL": ("redis_url", str),
+    "REDIS_PREFIX": ("redis_prefix", str),
     "JWT_SECRET": ("jwt_secret", str),
     "ACCESS_TOKEN_TTL_SECONDS": ("access_token_ttl_seconds", int),
     "REFRESH_TOKEN_TTL_SECONDS": ("refresh_token_ttl_seconds", int),

@@ -173,8 +173,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings=settings,
         sessionmaker=create_sessionmaker(engine),
         gateway=MockGateway(),
-        broker=Broker(settings.redis_url or "memory://"),
-        limiter=RedisRateLimiter(settings.redis_url) if settings.redis_url else MemoryRateLimiter(),
+        broker=Broker(settings.redis_url or "memory://", prefix=settings.redis_prefix),
+        limiter=(RedisRateLimiter(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url
+                 else MemoryRateLimiter()),
     )
     graphql = GraphQLApp(services)
 

@@ -32,6 +32,8 @@ POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_DSN", "postgresql://pos
 # One database per test run, so runs on one machine (several checkouts, CI) never collide.
 POSTGRES_DB = os.environ.get("TEST_POSTGRES_DB", f"bookmyevent_test_{os.getpid()}")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Pub/sub channels ignore the database number: runs sharing one Redis are kept apart by this.
+REDIS_PREFIX = f"test{os.getpid()}:"
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-keys"
 
 _skipped_services: set[str] = set()
@@ -40,7 +42,8 @@ _skipped_services: set[str] = set()
 def base_settings(**overrides: Any) -> Settings:
     """Settings for tests: cheap argon2, a real secret, the sweeper effectively off, rate
     limits out of the way (their own tests set them)."""
-    values: dict[str, Any] = dict(jwt_secret=JWT_SECRET, argon2_time_cost=1, argon2_memory_cost=1024,
+    values: dict[str, Any] = dict(jwt_secret=JWT_SECRET, redis_prefix=REDIS_PREFIX,
+                                  argon2_time_cost=1, argon2_memory_cost=1024,
                                   sweep_interval_seconds=3600.0, reserve_rate_limit_per_minute=10_000,
                                   mutation_rate_limit_per_minute=10_000, login_rate_limit_per_minute=10_000,
                                   login_ip_rate_limit_per_minute=10_000)

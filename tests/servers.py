@@ -22,7 +22,7 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from app.cli import MAX_WEBSOCKET_FRAME
-from tests.conftest import JWT_SECRET, GraphQLClient, free_port
+from tests.conftest import JWT_SECRET, REDIS_PREFIX, GraphQLClient, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 60.0  # generous: a shared machine with 2 cores
@@ -37,7 +37,8 @@ class AppProcess:
         self.port = free_port()
         self.log_path = log_path
         self.env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-                    "JWT_SECRET": JWT_SECRET, "ARGON2_TIME_COST": "1", "ARGON2_MEMORY_COST": "1024",
+                    "JWT_SECRET": JWT_SECRET, "REDIS_PREFIX": REDIS_PREFIX,
+                    "ARGON2_TIME_COST": "1", "ARGON2_MEMORY_COST": "1024",
                     "HOST": "127.0.0.1", "PORT": str(self.port), "SWEEP_INTERVAL_SECONDS": "3600",
                     "RESERVE_RATE_LIMIT_PER_MINUTE": NO_LIMITS, "MUTATION_RATE_LIMIT_PER_MINUTE": NO_LIMITS,
                     "DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "5"}  # a shared PostgreSQL: take little

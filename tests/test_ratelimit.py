@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.services.ratelimit import RedisRateLimiter
 from app.settings import Settings
-from tests.conftest import free_port, running_app
+from tests.conftest import REDIS_PREFIX, free_port, running_app
 from tests.factories import make_event, make_user, token_for
 from tests.test_accounts import LOGIN, REGISTER
 from tests.test_bookings import RESERVE
@@ -53,7 +53,7 @@ async def test_login_is_limited_per_email_and_mutations_per_client(settings: Set
 
 async def test_redis_limits_are_shared_between_instances(redis_url: str) -> None:
     key = f"test:{uuid.uuid4()}"
-    one, two = RedisRateLimiter(redis_url), RedisRateLimiter(redis_url)
+    one, two = RedisRateLimiter(redis_url, prefix=REDIS_PREFIX), RedisRateLimiter(redis_url, prefix=REDIS_PREFIX)
     try:
         assert await one.hit([(key, 2)], window_seconds=60) is None
         assert await two.hit([(key, 2)], window_seconds=60) is None

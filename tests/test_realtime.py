@@ -32,7 +32,7 @@ from app.schema.realtime import AvailabilityUpdate
 from app.services import bookings, catalogue, inventory, outbox
 from app.settings import Settings
 from app.web import create_app
-from tests.conftest import GraphQLClient
+from tests.conftest import REDIS_PREFIX, GraphQLClient
 from tests.factories import SMALL_SEAT_MAP, make_event, make_users, token_for
 from tests.servers import (
     MESSAGE_TIMEOUT,
@@ -220,6 +220,7 @@ async def test_subscribers_told_to_resynchronise_together_share_one_read(
 
 def redis_subscriber_count(redis_url: str, channel: str) -> int:
     client = redis.Redis.from_url(redis_url)
+    channel = REDIS_PREFIX + channel  # as the app names it on the wire
     try:
         return int(dict(client.pubsub_numsub(channel))[channel.encode()])
     finally:

@@ -52,7 +52,8 @@ class MemoryRateLimiter:
 
 
 class RedisRateLimiter:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, prefix: str = "") -> None:
+        self._prefix = prefix
         # One retry on a fresh connection: after a Redis restart the pooled one is dead.
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=0.5, socket_connect_timeout=0.5,
@@ -63,8 +64,9 @@ class RedisRateLimiter:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:  # one round trip for all
                 for key, _ in limits:
-                    pipe.incr(f"ratelimit:{key}:{number}")
-                    pipe.expire(f"ratelimit:{key}:{number}", window_seconds + 1)
+                    counter = f"{self._prefix}ratelimit:{key}:{number}"
+                    pipe.incr(counter)
+                    pipe.expire(counter, window_seconds + 1)
                 replies = await pipe.execute()
         except (RedisError, OSError) as error:
             logger.warning("Rate limiting skipped, Redis unreachable: %s", error)
