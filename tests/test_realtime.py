@@ -484,7 +484,7 @@ async def test_a_rolled_back_reserve_publishes_nothing(
         sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     event = await make_event(sessionmaker, capacity=3)
     first, second, third = await make_users(sessionmaker, 3)
-    channels = [outbox.availability_channel(event.id), outbox.bookings_channel(first.id)]
+    channels = [REDIS_PREFIX + outbox.availability_channel(event.id), REDIS_PREFIX + outbox.bookings_channel(first.id)]
     async with served(replace(settings, redis_url=redis_url)) as (_, ws_url, gql), \
             aioredis.Redis.from_url(redis_url) as raw, raw.pubsub(ignore_subscribe_messages=True) as published:
         held = await reserve(gql, token_for(first, settings), event.id, quantity=2)
