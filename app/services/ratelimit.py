@@ -3,6 +3,7 @@ this process (embedded mode). Losing Redis must not stop sales, so its limiter f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -15,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from app import metrics
 from app.errors import DomainError, ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -52,23 +54,36 @@ class MemoryRateLimiter:
 
 
 class RedisRateLimiter:
-    def __init__(self, url: str, *, prefix: str = "") -> None:
+    """Counts in Redis, one round trip a request. Its connections are a bounded pool that
+    callers queue for: a burst waits its turn instead of failing open for want of a
+    connection (redis-py's default pool raises "Too many connections" past 100). Only Redis
+    itself being unreachable lets calls through uncounted, and that is counted as a metric."""
+
+    POOL_SIZE = 32  # per worker: one round trip each, so a few dozen serve thousands a second
+    WAIT_SECONDS = 2.0  # a call that waits longer for its count is refused: the server is swamped
+
+    def __init__(self, url: str, *, prefix: str = "", pool_size: int = POOL_SIZE) -> None:
         self._prefix = prefix
         # One retry on a fresh connection: after a Redis restart the pooled one is dead.
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=0.5, socket_connect_timeout=0.5,
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=None, socket_timeout=1.0, socket_connect_timeout=1.0,
             retry=Retry(NoBackoff(), retries=1), retry_on_error=[RedisConnectionError])
+        self._redis = aioredis.Redis(connection_pool=pool)
 
     async def hit(self, limits: Sequence[Limit], *, window_seconds: int) -> float | None:
         number, remaining = _window(window_seconds, time.time())
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:  # one round trip for all
+            async with asyncio.timeout(self.WAIT_SECONDS), self._redis.pipeline(transaction=False) as pipe:
                 for key, _ in limits:
                     counter = f"{self._prefix}ratelimit:{key}:{number}"
                     pipe.incr(counter)
                     pipe.expire(counter, window_seconds + 1)
                 replies = await pipe.execute()
+        except TimeoutError:
+            metrics.RATE_LIMIT_UNCOUNTED.labels("busy").inc()
+            return 1.0  # shed the load: try again in a second
         except (RedisError, OSError) as error:
+            metrics.RATE_LIMIT_UNCOUNTED.labels("redis_unreachable").inc()
             logger.warning("Rate limiting skipped, Redis unreachable: %s", error)
             return None
         counts = replies[::2]
@@ -76,6 +91,7 @@ class RedisRateLimiter:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        await self._redis.connection_pool.disconnect()
 
 
 async def enforce(limiter: RateLimiter, limits: Sequence[Limit], *, window_seconds: int = 60) -> None:
