@@ -194,6 +194,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             metrics.worker_stopped()
             sweeper.cancel()
+            await services.batcher.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await services.broker.stop()

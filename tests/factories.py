@@ -52,7 +52,9 @@ SMALL_SEAT_MAP = [
 
 async def make_event(sessionmaker: async_sessionmaker[AsyncSession], *, capacity: int | None = 100,
                      price_cents: int = 2500, seat_map: list[catalogue.Section] | None = None,
-                     publish: bool = True, max_tickets_per_booking: int = 10, **fields: Any) -> Event:
+                     publish: bool = True, max_tickets_per_booking: int = 10,
+                     max_tickets_per_user: int = catalogue.MAX_CAPACITY, **fields: Any) -> Event:
+    """An event; its per-buyer cap is out of the way unless a test sets it."""
     async with sessionmaker() as session:
         venue = await catalogue.create_venue(session, name="Hall", address="1 Street", city="Lisbon",
                                              country="Portugal", capacity=100_000)
@@ -61,7 +63,7 @@ async def make_event(sessionmaker: async_sessionmaker[AsyncSession], *, capacity
             session, venue_id=venue.id, name=fields.pop("name", "Concert"),
             description=fields.pop("description", None), category=fields.pop("category", "concert"),
             starts_at=starts_at, ends_at=starts_at + timedelta(hours=3), currency="USD",
-            max_tickets_per_booking=max_tickets_per_booking,
+            max_tickets_per_booking=max_tickets_per_booking, max_tickets_per_user=max_tickets_per_user,
             capacity=None if seat_map else capacity, price_cents=None if seat_map else price_cents,
             seat_map=seat_map)
         if publish:

@@ -58,6 +58,8 @@ class Event(Base):
     ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
     currency: Mapped[str] = mapped_column(String(3))
     max_tickets_per_booking: Mapped[int] = mapped_column(Integer)
+    # What one buyer may hold and have bought of this event at once, across bookings.
+    max_tickets_per_user: Mapped[int] = mapped_column(Integer)
     capacity: Mapped[int] = mapped_column(Integer)
     available: Mapped[int] = mapped_column(Integer)
     # General admission price; for seated events the cheapest section's price.

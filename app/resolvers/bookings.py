@@ -55,13 +55,19 @@ class BookingMutation:
     async def reserve_seats(self, info: strawberry.Info, input: ReserveInput) -> ReservePayload:
         async def work(session: AsyncSession) -> ReservePayload:
             identity = info.context.require_user()
-            seat_ids = None
-            if input.seat_ids is not None:
-                seat_ids = [parse_id(seat_id, "seatIds") for seat_id in input.seat_ids]
-            booking = await bookings.reserve(
-                session, user_id=identity.user_id, event_id=parse_id(input.event_id, "eventId"),
-                quantity=input.quantity, seat_ids=seat_ids, idempotency_key=input.idempotency_key,
-                expected_version=input.expected_version, holds=info.context.services.hold_times)
+            event_id = parse_id(input.event_id, "eventId")
+            booking = None
+            if input.seat_ids is None:  # general admission goes with whoever else buys the event now
+                booking = await info.context.services.batcher.reserve(event_id, bookings.HoldRequest(
+                    identity.user_id, input.quantity, input.idempotency_key, input.expected_version))
+            if booking is None:
+                seat_ids = None
+                if input.seat_ids is not None:
+                    seat_ids = [parse_id(seat_id, "seatIds") for seat_id in input.seat_ids]
+                booking = await bookings.reserve(
+                    session, user_id=identity.user_id, event_id=event_id, quantity=input.quantity,
+                    seat_ids=seat_ids, idempotency_key=input.idempotency_key,
+                    expected_version=input.expected_version, holds=info.context.services.hold_times)
             return ReservePayload(booking=Booking.from_model(booking))
         identity = info.context.identity
         limits = [(f"reserve:{identity.user_id}", info.context.settings.reserve_rate_limit_per_minute)] \

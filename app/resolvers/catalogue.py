@@ -96,7 +96,8 @@ class CatalogueMutation:
                 session, venue_id=parse_id(input.venue_id, "venueId"), name=input.name,
                 description=input.description, category=input.category, starts_at=input.starts_at,
                 ends_at=input.ends_at, currency=input.currency,
-                max_tickets_per_booking=input.max_tickets_per_booking, capacity=input.capacity,
+                max_tickets_per_booking=input.max_tickets_per_booking,
+                max_tickets_per_user=input.max_tickets_per_user, capacity=input.capacity,
                 price_cents=input.price_cents, seat_map=seat_map)
             return EventPayload(event=Event.from_model(event))
         return await run_mutation(info, EventPayload, work)

@@ -15,6 +15,7 @@ from app.models import Booking, Event, Seat, Ticket, User, Venue, utcnow
 from app.pubsub import Broker
 from app.services import bookings, inventory
 from app.services.accounts import Identity
+from app.services.batching import ReserveBatcher
 from app.services.bookings import HoldTimes
 from app.services.payments import PaymentGateway
 from app.services.ratelimit import RateLimiter
@@ -39,6 +40,7 @@ class AppServices:
         # cache, and a batch is joined only until its read starts, so no one gets a state
         # older than their request.
         self.availability: DataLoader[int, dict[str, Any] | None] = DataLoader(self._availability, cache=False)
+        self.batcher = ReserveBatcher(self.sessionmaker, holds=self.hold_times, publish=self.broker.publish_all)
 
     async def _availability(self, event_ids: Sequence[int]) -> list[dict[str, Any] | None]:
         async with self.sessionmaker() as session:

@@ -91,6 +91,8 @@ class Event:
     price_cents: int
     currency: str
     max_tickets_per_booking: int
+    max_tickets_per_user: int = strawberry.field(
+        description="What one buyer may hold and have bought of this event at once, across bookings")
     model: strawberry.Private[models.Event]
 
     @classmethod
@@ -99,7 +101,7 @@ class Event:
                    category=event.category, starts_at=event.starts_at, ends_at=event.ends_at,
                    capacity=event.capacity, version=event.version, price_cents=event.price_cents,
                    currency=event.currency, max_tickets_per_booking=event.max_tickets_per_booking,
-                   model=event)
+                   max_tickets_per_user=event.max_tickets_per_user, model=event)
 
     @strawberry.field
     async def venue(self, info: strawberry.Info) -> Venue:
@@ -179,6 +181,8 @@ class EventInput:
     description: str | None = None
     currency: str = "USD"
     max_tickets_per_booking: int = 10
+    max_tickets_per_user: int | None = strawberry.field(
+        default=None, description="Places one buyer may hold and have bought at once; default maxTicketsPerBooking")
     capacity: int | None = strawberry.field(default=None, description="General admission: places on sale")
     price_cents: int | None = strawberry.field(default=None, description="General admission: price of a place")
     seat_map: SeatMapInput | None = strawberry.field(default=None, description="Reserved seating")
@@ -192,6 +196,7 @@ class EventUpdateInput:
     starts_at: datetime | None = strawberry.UNSET
     ends_at: datetime | None = strawberry.UNSET
     max_tickets_per_booking: int | None = strawberry.UNSET
+    max_tickets_per_user: int | None = strawberry.UNSET
     price_cents: int | None = strawberry.UNSET
 
 

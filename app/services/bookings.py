@@ -1,8 +1,9 @@
 """Bookings in two phases: reserve (a PENDING hold with a TTL), then confirm (pay) or cancel.
 
-Concurrency in short (see `inventory` for the statements): a reserve inserts its PENDING
-booking, then takes the places with one conditional UPDATE of the event row, so the row
-lock is held only from that statement to the commit. Confirm, cancel and expiry lock the
+Concurrency in short (see `inventory` for the statements): a reserve takes the places with
+one conditional UPDATE of the event row, then writes its PENDING booking (`holds`), so the
+row lock is held only from that statement to the commit; concurrent reserves of one event
+may share that transaction (`reserve_general`, fed by `app/services/batching.py`). Confirm, cancel and expiry lock the
 booking row first and move it by its current status, so a confirm racing an expiry or a
 second confirm has exactly one winner, and one charge.
 """
@@ -14,6 +15,7 @@ import json
 import re
 import secrets
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,9 +45,9 @@ from app.models import (
 )
 from app.services import inventory, outbox
 from app.services.accounts import Identity
+from app.services.holds import over_cap, write_holds
 from app.services.payments import PaymentDeclined, PaymentGateway
 
-REFERENCE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 MAX_SEATS_PER_REQUEST = 100
 EXPIRY_BATCH = 500
@@ -58,10 +60,6 @@ class HoldTimes:
 
     reservation_seconds: int
     offer_seconds: int
-
-
-def new_reference() -> str:
-    return "BME-" + "".join(secrets.choice(REFERENCE_ALPHABET) for _ in range(8))
 
 
 def record_booking_update(session: AsyncSession, booking: Booking, reason: str) -> None:
@@ -115,14 +113,6 @@ async def _remember(session: AsyncSession, claim: KeyClaim | None, booking_id: i
                               .values(booking_id=booking_id))
 
 
-async def _withdraw(session: AsyncSession, claim: KeyClaim | None, booking: Booking) -> None:
-    """Undo a refused request's own writes (its hold, its key), keeping the rest of the unit of work."""
-    await session.delete(booking)
-    if claim is not None and claim.key_id is not None:
-        await session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == claim.key_id))
-    await session.flush()
-
-
 async def _replayed(session: AsyncSession, claim: KeyClaim | None) -> Booking | None:
     if claim is None or claim.replay_booking_id is None:
         return None
@@ -130,6 +120,16 @@ async def _replayed(session: AsyncSession, claim: KeyClaim | None) -> Booking | 
 
 
 # --- reserve ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HoldRequest:
+    """One buyer's general-admission reserve (several are served in one transaction)."""
+
+    user_id: int
+    quantity: int | None
+    idempotency_key: str | None = None
+    expected_version: int | None = None
+
 
 def _check_request(event: Event, quantity: int | None, seat_ids: list[int] | None) -> int:
     if seat_ids is not None:
@@ -142,10 +142,19 @@ def _check_request(event: Event, quantity: int | None, seat_ids: list[int] | Non
         if len(set(seat_ids)) != len(seat_ids):
             raise invalid_input("seatIds", "A seat is listed twice")
         quantity = len(seat_ids)
+    return _check_quantity(event, quantity)
+
+
+def _check_quantity_given(quantity: int | None) -> int:
     if quantity is None:
         raise invalid_input("quantity", "Give a quantity (or seatIds on a seated event)")
     if quantity < 1:
         raise invalid_input("quantity", "quantity must be at least 1")
+    return quantity
+
+
+def _check_quantity(event: Event, quantity: int | None) -> int:
+    quantity = _check_quantity_given(quantity)
     if quantity > event.max_tickets_per_booking:
         raise DomainError(ErrorCode.LIMIT_EXCEEDED,
                           f"At most {event.max_tickets_per_booking} tickets per booking",
@@ -170,12 +179,16 @@ def _refusal(available: int, seat_ids: list[int] | None) -> DomainError:
     return DomainError(ErrorCode.NOT_ENOUGH_SEATS, f"Only {available} left", available_seats=available)
 
 
+def _over_cap(cap: int) -> DomainError:
+    return DomainError(ErrorCode.LIMIT_EXCEEDED, f"At most {cap} tickets of this event per buyer, "
+                       "counting your holds and purchases", field="quantity")
+
+
 async def _why_not_taken(session: AsyncSession, event_id: int, seat_ids: list[int] | None,
                          now: datetime) -> DomainError:
     """Explain a take that found nothing, from the event as it is now. The places being
     gone is the real reason even when the caller's expected version is also stale."""
-    event = await session.scalar(select(Event).where(Event.id == event_id)
-                                 .execution_options(populate_existing=True))
+    event = await _read_event(session, event_id)
     assert event is not None
     try:
         _check_event(event, None)
@@ -184,50 +197,145 @@ async def _why_not_taken(session: AsyncSession, event_id: int, seat_ids: list[in
     return _refusal(await inventory.free_places(session, event, now), seat_ids)
 
 
-async def _new_hold(session: AsyncSession, *, event: Event, user_id: int, quantity: int,
-                    expires_at: datetime, now: datetime, waitlist_offer: bool = False) -> Booking:
-    """A PENDING booking, written before it holds anything (`_take` then takes its places)."""
-    booking = Booking(
-        reference=new_reference(), user_id=user_id, event_id=event.id, status=BookingStatus.PENDING,
-        quantity=quantity, seat_ids=None, total_cents=event.price_cents * quantity, currency=event.currency,
-        created_at=now, expires_at=expires_at, waitlist_offer=waitlist_offer, version=1)
-    session.add(booking)
-    await session.flush()
-    return booking
+async def _read_event(session: AsyncSession, event_id: int, *, lock: bool = False) -> Event | None:
+    query = select(Event).where(Event.id == event_id).execution_options(populate_existing=True)
+    return await session.scalar(query.with_for_update() if lock else query)
 
 
-async def _take(
-    session: AsyncSession, *, event: Event, booking: Booking, seat_ids: list[int] | None,
-    expected_version: int | None,
-) -> bool:
-    """Take the places of `booking` (on seated events its seats, priced seat by seat); False,
-    with nothing changed, when they are not there."""
-    quantity = booking.quantity
-    seats: list[tuple[int, int]] = []
-    if event.is_seated:
-        if seat_ids is not None:
-            seats = await inventory.hold_seats(session, event_id=event.id, seat_ids=seat_ids,
-                                               booking_id=booking.id)
-        else:
-            seats = await inventory.hold_best_seats(session, event_id=event.id, quantity=quantity,
-                                                    booking_id=booking.id)
-        if len(seats) < quantity:
-            if seats:  # all or none: let go of the part we got
-                await inventory.set_seats_status(session, booking_id=booking.id,
-                                                 status=SeatStatus.AVAILABLE)
-            return False
-    state = await inventory.take_places(session, event_id=event.id, quantity=quantity)
-    if state is None:
-        return False
-    if expected_version is not None and state.version != expected_version + 1:
-        # The caller's optimistic check, made atomically against the version we replaced.
-        raise DomainError(ErrorCode.VERSION_CONFLICT, "Availability changed since you looked",
-                          current_version=state.version - 1)
-    inventory.record_availability(session, state, [(seat_id, SeatStatus.HELD) for seat_id, _ in seats])
-    if seats:
-        booking.seat_ids = sorted(seat_id for seat_id, _ in seats)
-        booking.total_cents = sum(price for _, price in seats)
-    return True
+async def reserve_general(
+    session: AsyncSession, *, event_id: int, requests: Sequence[HoldRequest], holds: HoldTimes,
+    now: datetime | None = None, known_general: bool = False,
+) -> list[Booking | DomainError] | None:
+    """Hold general-admission places for several buyers in this one transaction: one UPDATE of
+    the event row for all of them, one INSERT of their bookings. Each gets its own answer, as
+    if alone: its booking, or the error it would have had. Buyers are served in the order
+    given; one that does not fit what is left is refused while a later, smaller one may still
+    fit. None, with nothing written, when the event has reserved seating (`reserve` serves
+    those one by one). `known_general` skips the look at the event's kind."""
+    now = now or utcnow()
+    if not known_general:
+        kind = (await session.execute(select(Event.seat_map).where(Event.id == event_id))).first()
+        if kind is not None and kind.seat_map is not None:
+            return None
+    results: list[Booking | DomainError | None] = [None] * len(requests)
+    claims: list[KeyClaim | None] = [None] * len(requests)
+    repeats: dict[int, int] = {}  # the same user and key twice here: the later gets the earlier's answer
+    first_of_key: dict[tuple[int, str], int] = {}
+    for i, request in enumerate(requests):
+        if request.idempotency_key is not None:
+            earlier = first_of_key.setdefault((request.user_id, request.idempotency_key), i)
+            if earlier != i:
+                repeats[i] = earlier
+                continue
+        try:
+            _check_quantity_given(request.quantity)
+            claims[i] = await _claim_key(session, user_id=request.user_id, key=request.idempotency_key,
+                                         operation="reserve", request={"eventId": event_id, "quantity":
+                                                                       request.quantity, "seatIds": None})
+        except DomainError as error:
+            results[i] = error
+            continue
+        results[i] = await _replayed(session, claims[i])
+
+    waiting = [i for i, result in enumerate(results) if result is None and i not in repeats]
+    taken, granted = None, []
+    if waiting:
+        quantities = [requests[i].quantity or 0 for i in waiting]
+        if known_general and all(requests[i].expected_version is None for i in waiting):
+            # The common case: everyone fits, and one statement both checks and takes.
+            taken = await inventory.take_places(session, event_id=event_id, quantity=sum(quantities),
+                                                largest=max(quantities))
+            granted = waiting if taken is not None else []
+        if taken is None:
+            taken, granted = await _take_in_turn(session, event_id=event_id, requests=requests, waiting=waiting,
+                                                 results=results, holds=holds, now=now)
+    if granted:
+        assert taken is not None
+        state = taken
+        holders = [(requests[i].user_id, requests[i].quantity or 0) for i in granted]
+        over = await over_cap(session, event_id=event_id, holders=holders, cap=taken.max_tickets_per_user, now=now)
+        if any(over):
+            for i, is_over in zip(granted, over, strict=True):
+                if is_over:
+                    results[i] = _over_cap(taken.max_tickets_per_user)
+            state = await inventory.return_places(session, event_id=event_id, quantity=sum(
+                quantity for (_, quantity), is_over in zip(holders, over, strict=True) if is_over))
+            granted = [i for i, is_over in zip(granted, over, strict=True) if not is_over]
+        written = await write_holds(
+            session, event_id=event_id, price_cents=taken.price_cents, currency=taken.currency,
+            holders=[(requests[i].user_id, requests[i].quantity or 0) for i in granted],
+            expires_at=now + timedelta(seconds=holds.reservation_seconds), now=now)
+        for i, booking in zip(granted, written, strict=True):
+            results[i] = booking
+            await _remember(session, claims[i], booking.id)
+        inventory.record_availability(session, state)
+    # A refused buyer leaves nothing behind, not even its key: it may try again with it.
+    await _withdraw_keys(session, [claims[i] for i, result in enumerate(results) if isinstance(result, DomainError)])
+    for i, earlier in repeats.items():
+        first = results[earlier]
+        same = requests[i].quantity == requests[earlier].quantity
+        results[i] = first if same else DomainError(
+            ErrorCode.IDEMPOTENCY_KEY_REUSED, "This idempotency key was already used for a different request",
+            field="idempotencyKey")
+    return [result for result in results if result is not None]
+
+
+async def _take_in_turn(
+    session: AsyncSession, *, event_id: int, requests: Sequence[HoldRequest], waiting: list[int],
+    results: list[Booking | DomainError | None], holds: HoldTimes, now: datetime,
+) -> tuple[Any, list[int]]:
+    """Not everyone fits (or not everyone was checked): look at the event, refuse those it
+    refuses, clear lapsed holds when places are short, and take for those that fit, in turn.
+    The first look is unlocked, so the refused buyers of a sold-out event queue on nothing;
+    should another buyer take places between the look and the take, look again holding the row."""
+    cleared = False
+    for lock in (False, True):
+        event = await _read_event(session, event_id, lock=lock)
+        if event is None or event.status == EventStatus.DRAFT:
+            for i in waiting:
+                results[i] = not_found("Event")
+            return None, []
+        fitting = []
+        for i in waiting:
+            try:
+                _check_quantity(event, requests[i].quantity)
+                _check_event(event, requests[i].expected_version)
+            except DomainError as error:
+                results[i] = error
+                continue
+            fitting.append(i)
+        wanted = sum(requests[i].quantity or 0 for i in fitting)
+        if wanted > event.available and not cleared:
+            # Only holds that have lapsed can stand between a buyer and places the counter does
+            # not show; expiring them returns those places (to the waitlist first).
+            cleared = bool(await expire_lapsed(session, holds=holds, now=now, event_id=event_id))
+            if cleared:
+                event = await _read_event(session, event_id, lock=lock)
+                assert event is not None
+        free, granted = event.available, []
+        for i in fitting:
+            quantity = requests[i].quantity or 0
+            if quantity <= free and event.status == EventStatus.ON_SALE:
+                granted.append(i)
+                free -= quantity
+            else:
+                results[i] = _refusal(free if event.status == EventStatus.ON_SALE else 0, None)
+        if not granted:
+            return None, []
+        state = await inventory.take_places(session, event_id=event_id,
+                                            quantity=sum(requests[i].quantity or 0 for i in granted))
+        if state is not None:
+            return state, granted
+        for i in fitting:  # someone took places since the look: decide again, holding the row
+            results[i] = None
+        waiting = fitting
+    raise AssertionError("a take holding the event row cannot miss")
+
+
+async def _withdraw_keys(session: AsyncSession, claims: Sequence[KeyClaim | None]) -> None:
+    ids = [claim.key_id for claim in claims if claim is not None and claim.key_id is not None]
+    if ids:
+        await session.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(ids)))
 
 
 async def reserve(
@@ -246,47 +354,115 @@ async def reserve(
     now = now or utcnow()
     if seat_ids is not None and len(seat_ids) > MAX_SEATS_PER_REQUEST:
         raise invalid_input("seatIds", f"At most {MAX_SEATS_PER_REQUEST} seats per request")
+    if seat_ids is None:
+        answers = await reserve_general(session, event_id=event_id, holds=holds, now=now, requests=[
+            HoldRequest(user_id, quantity, idempotency_key, expected_version)])
+        if answers is not None:
+            [answer] = answers
+            if isinstance(answer, DomainError):
+                # What it did on the way (lapsed holds cleared and offered) stands; its own
+                # writes are already undone.
+                answer.keep_changes = True
+                raise answer
+            return answer
+    return await _reserve_seats(session, user_id=user_id, event_id=event_id, quantity=quantity, seat_ids=seat_ids,
+                                idempotency_key=idempotency_key, expected_version=expected_version, holds=holds,
+                                now=now)
+
+
+async def _reserve_seats(
+    session: AsyncSession, *, user_id: int, event_id: int, quantity: int | None, seat_ids: list[int] | None,
+    idempotency_key: str | None, expected_version: int | None, holds: HoldTimes, now: datetime,
+) -> Booking:
+    """Reserved seating: these seats, or the best free ones. The event row is taken first (see
+    `holds`), then the booking written, then its seats held; seats that turn out to be gone
+    undo all of it."""
     claim = await _claim_key(session, user_id=user_id, key=idempotency_key, operation="reserve",
                              request={"eventId": event_id, "quantity": quantity, "seatIds": seat_ids})
     if replay := await _replayed(session, claim):
         return replay
-    event = await session.get(Event, event_id, populate_existing=True)
+    event = await _read_event(session, event_id)
     if event is None or event.status == EventStatus.DRAFT:
         raise not_found("Event")
     quantity = _check_request(event, quantity, seat_ids)
     _check_event(event, expected_version)
-    # Only holds that have lapsed can stand between a buyer and places the counter does not
-    # show, and expiring them returns those places (one version step of our own, or more if
-    # the waitlist takes them: the caller's expected version was checked just above).
     cleared_lapsed = False
     if event.available < quantity:
-        # Short already: decide before writing anything, so the refused buyers of a sold-out
-        # event cost two queries, not six.
+        # Short already: decide before writing anything.
         cleared_lapsed = bool(await expire_lapsed(session, holds=holds, now=now, event_id=event.id))
         if not cleared_lapsed:
             raise _refusal(event.available, seat_ids)
-        expected_version = None
-
-    booking = await _new_hold(session, event=event, user_id=user_id, quantity=quantity, now=now,
-                              expires_at=now + timedelta(seconds=holds.reservation_seconds))
-    taken = await _take(session, event=event, booking=booking, seat_ids=seat_ids,
-                        expected_version=expected_version)
-    if not taken and not cleared_lapsed:
+        expected_version = None  # checked above; clearing the lapsed holds moved it on
+    state = await inventory.take_places(session, event_id=event.id, quantity=quantity)
+    if state is None and not cleared_lapsed:
         cleared_lapsed = bool(await expire_lapsed(session, holds=holds, now=now, event_id=event.id))
         if cleared_lapsed:
-            taken = await _take(session, event=event, booking=booking, seat_ids=seat_ids, expected_version=None)
-    if not taken:
+            expected_version = None
+            state = await inventory.take_places(session, event_id=event.id, quantity=quantity)
+    if state is None:
         refusal = await _why_not_taken(session, event.id, seat_ids, now)
+        refusal.keep_changes = cleared_lapsed  # see `_give_back`
+        await _withdraw_keys(session, [claim])
+        raise refusal
+    if expected_version is not None and state.version != expected_version + 1:
+        # The caller's optimistic check, made atomically against the version we replaced.
+        raise DomainError(ErrorCode.VERSION_CONFLICT, "Availability changed since you looked",
+                          current_version=state.version - 1)
+    if (await over_cap(session, event_id=event.id, holders=[(user_id, quantity)], cap=state.max_tickets_per_user,
+                       now=now))[0]:
+        refusal = _over_cap(state.max_tickets_per_user)
+        if cleared_lapsed:
+            await inventory.return_places(session, event_id=event.id, quantity=quantity)
+            await _withdraw_keys(session, [claim])
+            refusal.keep_changes = True
+        raise refusal
+    [booking] = await write_holds(session, event_id=event.id, price_cents=0, currency=event.currency,
+                                   holders=[(user_id, quantity)], now=now,
+                                   expires_at=now + timedelta(seconds=holds.reservation_seconds))
+    seats = await _hold_seats(session, booking, seat_ids)
+    if len(seats) < quantity and not cleared_lapsed:
+        # Seats of lapsed holds are still marked HELD until they are expired.
+        cleared_lapsed = bool(await expire_lapsed(session, holds=holds, now=now, event_id=event.id))
+        if cleared_lapsed:
+            seats = await _hold_seats(session, booking, seat_ids)
+    if len(seats) < quantity:
+        refusal = _refusal(state.available + quantity, seat_ids)
         if cleared_lapsed:
             # The lapsed holds expired on the way stay expired, their places returned and
             # offered to the waitlist: rolled back with this refusal, they would have been
             # skipped (SKIP LOCKED) by every sweep meanwhile, and the waitlist kept waiting.
-            await _withdraw(session, claim, booking)
+            await _give_back(session, booking, claim)
             refusal.keep_changes = True
         raise refusal
+    booking.seat_ids = sorted(seat_id for seat_id, _ in seats)
+    booking.total_cents = sum(price for _, price in seats)
+    inventory.record_availability(session, state, [(seat_id, SeatStatus.HELD) for seat_id, _ in seats])
     await _remember(session, claim, booking.id)
     await session.flush()
     return booking
+
+
+async def _hold_seats(session: AsyncSession, booking: Booking, seat_ids: list[int] | None) -> list[tuple[int, int]]:
+    """Hold the booking's seats, all or none: (seat id, price) of each, or [] with none held."""
+    if seat_ids is not None:
+        seats = await inventory.hold_seats(session, event_id=booking.event_id, seat_ids=seat_ids,
+                                           booking_id=booking.id)
+    else:
+        seats = await inventory.hold_best_seats(session, event_id=booking.event_id, quantity=booking.quantity,
+                                                booking_id=booking.id)
+    if 0 < len(seats) < booking.quantity:
+        await inventory.set_seats_status(session, booking_id=booking.id, status=SeatStatus.AVAILABLE)
+        return []
+    return seats
+
+
+async def _give_back(session: AsyncSession, booking: Booking, claim: KeyClaim | None) -> None:
+    """Undo a refused seated reserve's own writes (its places, hold and key), keeping the rest
+    of the unit of work."""
+    await inventory.return_places(session, event_id=booking.event_id, quantity=booking.quantity)
+    await session.delete(booking)
+    await _withdraw_keys(session, [claim])
+    await session.flush()
 
 
 # --- confirm and cancel -------------------------------------------------------------------
@@ -483,16 +659,28 @@ async def _offer_to_waitlist(session: AsyncSession, *, event_id: int, holds: Hol
         .where(WaitlistEntry.event_id == event_id, WaitlistEntry.status == WaitlistStatus.WAITING,
                WaitlistEntry.quantity <= available)
         .order_by(WaitlistEntry.id).with_for_update())).all()
-    for position in inventory.waitlist_takes(available, [entry.quantity for entry in waiting]):
-        entry = waiting[position]
-        offer = await _new_hold(session, event=event, user_id=entry.user_id, quantity=entry.quantity, now=now,
-                                expires_at=now + timedelta(seconds=holds.offer_seconds), waitlist_offer=True)
-        if not await _take(session, event=event, booking=offer, seat_ids=None, expected_version=None):
-            await session.delete(offer)  # cannot happen while we hold the event row; stay safe regardless
-            break
+    chosen = [waiting[position] for position in inventory.waitlist_takes(available, [e.quantity for e in waiting])]
+    if not chosen:
+        return
+    # The places came back in this transaction, which holds the event row: they are there.
+    state = await inventory.take_places(session, event_id=event_id, quantity=sum(e.quantity for e in chosen))
+    assert state is not None
+    offers = await write_holds(session, event_id=event_id, price_cents=event.price_cents, currency=event.currency,
+                               holders=[(entry.user_id, entry.quantity) for entry in chosen], now=now,
+                               expires_at=now + timedelta(seconds=holds.offer_seconds), waitlist_offer=True)
+    changed: list[tuple[int, str]] = []
+    for entry, offer in zip(chosen, offers, strict=True):
+        if event.is_seated:
+            seats = await inventory.hold_best_seats(session, event_id=event_id, quantity=entry.quantity,
+                                                    booking_id=offer.id)
+            assert len(seats) == entry.quantity  # seats are taken holding the event row, like us
+            offer.seat_ids = sorted(seat_id for seat_id, _ in seats)
+            offer.total_cents = sum(price for _, price in seats)
+            changed += [(seat_id, SeatStatus.HELD) for seat_id, _ in seats]
         entry.status = WaitlistStatus.OFFERED
         entry.offer_booking_id = offer.id
         record_booking_update(session, offer, WaitlistStatus.OFFERED)
+    inventory.record_availability(session, state, changed)
     await session.flush()
 
 

@@ -137,6 +137,7 @@ async def create_event(
     currency: str,
     max_tickets_per_booking: int,
     capacity: int | None,
+    max_tickets_per_user: int | None = None,
     price_cents: int | None,
     seat_map: list[Section] | None,
 ) -> Event:
@@ -146,6 +147,10 @@ async def create_event(
     if not CURRENCY_PATTERN.match(currency):
         raise invalid_input("currency", "currency must be a three-letter ISO code such as USD")
     _int_in("maxTicketsPerBooking", max_tickets_per_booking, 1, MAX_TICKETS_PER_BOOKING)
+    # Unless told otherwise, a buyer may have one full booking's worth of an event.
+    if max_tickets_per_user is None:
+        max_tickets_per_user = max_tickets_per_booking
+    _int_in("maxTicketsPerUser", max_tickets_per_user, 1, MAX_CAPACITY)
     if (capacity is None) == (seat_map is None):
         raise invalid_input("capacity", "Give exactly one of capacity (general admission) or seatMap")
     if capacity is not None:
@@ -172,6 +177,7 @@ async def create_event(
         ends_at=ends_at,
         currency=currency,
         max_tickets_per_booking=max_tickets_per_booking,
+        max_tickets_per_user=max_tickets_per_user,
         capacity=capacity,
         available=capacity,
         price_cents=price_cents,
@@ -226,6 +232,9 @@ async def update_event(
     if "max_tickets_per_booking" in changes:
         event.max_tickets_per_booking = _int_in(
             "maxTicketsPerBooking", changes["max_tickets_per_booking"], 1, MAX_TICKETS_PER_BOOKING)
+    if "max_tickets_per_user" in changes:
+        event.max_tickets_per_user = _int_in(
+            "maxTicketsPerUser", changes["max_tickets_per_user"], 1, MAX_CAPACITY)
     if "price_cents" in changes:
         if event.is_seated:
             raise invalid_input("priceCents", "Seated events take their prices from the seat map")

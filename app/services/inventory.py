@@ -69,25 +69,42 @@ def record_availability(
 _EVENT_STATE = (Event.id, Event.available, Event.version, Event.status)
 
 
-# Built once: the hottest statement of a sale, compiled once and then only bound.
-_TAKE_PLACES = (
-    update(Event)
-    .where(Event.id == bindparam("event_id"), Event.status == EventStatus.ON_SALE,
-           Event.available >= bindparam("quantity"))
-    .values(
-        available=Event.available - bindparam("quantity"),
-        version=Event.version + 1,
-        status=case((Event.available == bindparam("quantity"), EventStatus.SOLD_OUT), else_=Event.status),
+# What a take returns: the event's new state, and what writing its holds needs.
+_TAKEN = (*_EVENT_STATE, Event.price_cents, Event.currency, Event.max_tickets_per_user)
+
+
+def _take_statement(*conditions: Any) -> Any:
+    return (
+        update(Event)
+        .where(Event.id == bindparam("event_id"), Event.status == EventStatus.ON_SALE,
+               Event.available >= bindparam("quantity"), *conditions)
+        .values(
+            available=Event.available - bindparam("quantity"),
+            version=Event.version + 1,
+            status=case((Event.available == bindparam("quantity"), EventStatus.SOLD_OUT), else_=Event.status),
+        )
+        .returning(*_TAKEN)
+        .execution_options(synchronize_session=False)
     )
-    .returning(*_EVENT_STATE)
-    .execution_options(synchronize_session=False)
-)
 
 
-async def take_places(session: AsyncSession, *, event_id: int, quantity: int) -> Any | None:
+# Built once: the hottest statements of a sale, compiled once and then only bound.
+_TAKE_PLACES = _take_statement()
+# For buyers who have not been checked against the event yet: none of them may ask for more
+# than one booking allows, so the common case needs no read before it.
+_TAKE_CHECKED = _take_statement(Event.max_tickets_per_booking >= bindparam("largest"))
+
+
+async def take_places(session: AsyncSession, *, event_id: int, quantity: int,
+                      largest: int | None = None) -> Any | None:
     """Take `quantity` places of an ON_SALE event in one statement; None when they are not
-    there. From here the event row stays locked until the commit: keep the rest short."""
-    result = await session.execute(_TAKE_PLACES, {"event_id": event_id, "quantity": quantity})
+    there (or, given `largest`, when a booking of that many is over the event's limit). From
+    here the event row stays locked until the commit: keep the rest short."""
+    if largest is None:
+        result = await session.execute(_TAKE_PLACES, {"event_id": event_id, "quantity": quantity})
+    else:
+        result = await session.execute(_TAKE_CHECKED, {"event_id": event_id, "quantity": quantity,
+                                                       "largest": largest})
     return result.one_or_none()
 
 
