@@ -193,3 +193,29 @@ async def test_did_you_mean_is_only_said_when_the_schema_is_public(
         body = await gql.raw('query($f: EventFilter) { events(filter: $f) { totalCount } }',
                              {"f": {"cityy": "Lisbon"}})
         assert ("Did you mean" in body["errors"][0]["message"]) is introspection, body
+
+
+# --- the seat-map page reads every page -------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # about the page, not the storage
+async def test_the_seat_map_page_shows_every_seat_of_a_big_event(
+        sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+    from playwright.async_api import async_playwright
+
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, open_page, require_chromium
+
+    require_chromium()
+    event = await make_event(sessionmaker, seat_map=seated_map(1, 50, 110))  # 5,500 seats: two pages
+    problems: list[str] = []
+    async with serve_in_process(create_app(settings)) as address, async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                                   headless=True, timeout=30_000)
+        try:
+            _, page = await open_page(browser, problems)
+            await page.goto(f"http://{address}/#event/{event.id}")
+            await page.wait_for_selector('#live-state[data-state="live"]')
+            await page.wait_for_selector("#seat-map .seat >> nth=5499")
+            assert await page.locator("#seat-map .seat").count() == 5500
+        finally:
+            await browser.close()
+    assert problems == []
