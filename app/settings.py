@@ -67,6 +67,10 @@ class Settings:
     argon2_memory_cost: int = 65536
     max_query_depth: int = 12
     max_aliases: int = 30
+    # Points a document may cost (app/schema/cost.py): every field 1, lists times their size.
+    max_query_cost: int = 50_000
+    # Queries per minute per caller: per user when signed in, else per client IP.
+    query_rate_limit_per_minute: int = 300
     db_pool_size: int = 20
     db_max_overflow: int = 20
     # Off in production to hide the schema from strangers (clients ship their documents).
@@ -112,6 +116,8 @@ _FIELDS = {
     "ARGON2_MEMORY_COST": ("argon2_memory_cost", int),
     "MAX_QUERY_DEPTH": ("max_query_depth", int),
     "MAX_ALIASES": ("max_aliases", int),
+    "MAX_QUERY_COST": ("max_query_cost", int),
+    "QUERY_RATE_LIMIT_PER_MINUTE": ("query_rate_limit_per_minute", int),
     "DB_POOL_SIZE": ("db_pool_size", int),
     "DB_MAX_OVERFLOW": ("db_max_overflow", int),
     "GRAPHQL_INTROSPECTION": ("graphql_introspection", boolean),

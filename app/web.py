@@ -101,7 +101,8 @@ class GraphQLApp(GraphQL[Context, None]):
             except DomainError as error:
                 auth_error = error
         return Context(self.services, identity, auth_error, base_url=self._base_url(request),
-                       client_ip=request.client.host if request.client else "unknown")
+                       client_ip=request.client.host if request.client else "unknown",
+                       response=None if isinstance(request, WebSocket) else response)
 
     async def on_ws_connect(self, context: Context) -> None:
         params = context.connection_params or {}

@@ -59,6 +59,7 @@ def server_env(port: int, workers: int) -> dict[str, str]:
         "MUTATION_RATE_LIMIT_PER_MINUTE": "1000000",
         "LOGIN_RATE_LIMIT_PER_MINUTE": "1000000",
         "LOGIN_IP_RATE_LIMIT_PER_MINUTE": "1000000",
+        "QUERY_RATE_LIMIT_PER_MINUTE": "1000000",
     })
     return env
 

@@ -96,8 +96,9 @@ class Context:
 
     def __init__(self, services: AppServices, identity: Identity | None,
                  auth_error: DomainError | None = None, *, base_url: str = "",
-                 client_ip: str = "unknown") -> None:
+                 client_ip: str = "unknown", response: Any = None) -> None:
         self.services = services
+        self.response = response  # HTTP only: where a status code or header can be set
         self.base_url = base_url  # where ticket links point
         self.client_ip = client_ip
         self.settings = services.settings

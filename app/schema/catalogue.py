@@ -9,9 +9,10 @@ from typing import Any
 import strawberry
 
 from app import models
+from app.errors import parse_id
 from app.models import utcnow
 from app.schema.common import UserError
-from app.services import inventory
+from app.services import catalogue, inventory
 
 
 @strawberry.enum
@@ -124,13 +125,17 @@ class Event:
             return None
         return [Section.from_stored(section) for section in self.model.seat_map]
 
-    @strawberry.field(description="Every seat of a reserved-seating event, in best-available order.")
-    async def seats(self, info: strawberry.Info, section: str | None = None) -> list[Seat]:
+    @strawberry.field(description="Seats of a reserved-seating event, in best-available order: at most "
+                                  f"`first` (up to {catalogue.SEATS_PAGE_SIZE}) after the seat `after`. "
+                                  "A page shorter than `first` is the last one.")
+    async def seats(self, info: strawberry.Info, section: str | None = None,
+                    first: int = catalogue.SEATS_PAGE_SIZE, after: strawberry.ID | None = None) -> list[Seat]:
         if self.model.seat_map is None:
             return []
+        after_id = parse_id(after, "after") if after is not None else None
         async with info.context.read_session() as session:
-            rows = await inventory.seats_of_event(session, event_id=self.model.id, section=section,
-                                                  now=utcnow())
+            rows = await catalogue.seat_page(session, event_id=self.model.id, section=section, first=first,
+                                             after=after_id, now=utcnow())
         return [Seat.from_model(seat, status) for seat, status in rows]
 
 

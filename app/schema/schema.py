@@ -4,8 +4,9 @@ with the document limits and the error masking every operation goes through."""
 from __future__ import annotations
 
 import contextlib
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import strawberry
@@ -30,6 +31,8 @@ from app.resolvers.bookings import BookingMutation, BookingQuery
 from app.resolvers.catalogue import CatalogueMutation, CatalogueQuery
 from app.resolvers.realtime import RealtimeSubscription
 from app.resolvers.waitlist import WaitlistMutation, WaitlistQuery
+from app.schema.cost import QueryCostLimit
+from app.services.ratelimit import enforce
 from app.settings import Settings
 
 MAX_TOKENS = 5000  # refuses absurd documents before they are even validated
@@ -92,13 +95,20 @@ def _contains_nul(value: object) -> bool:
     return False
 
 
-class ErrorMasking(MaskErrors):
-    """Top-level errors: GraphQL's own (malformed documents) pass as they are; a DomainError
-    raised by a query or subscription keeps its safe message and gets its code; anything
-    else is a server fault, logged by strawberry and shown only as a generic message."""
+# graphql-core ends a message with "Did you mean 'x', 'y'?" for every near miss: enough,
+# with introspection off, to map most of the schema by guessing.
+SUGGESTION = re.compile(r"\s*Did you mean .*$", re.DOTALL)
 
-    def __init__(self) -> None:
+
+class ErrorMasking(MaskErrors):
+    """Top-level errors: GraphQL's own (malformed documents) pass as they are, without
+    suggestions when the schema is hidden; a DomainError raised by a query or subscription
+    keeps its safe message and gets its code; anything else is a server fault, logged by
+    strawberry and shown only as a generic message."""
+
+    def __init__(self, *, hide_suggestions: bool) -> None:
         super().__init__(should_mask_error=is_server_fault, error_message="Internal server error")
+        self.hide_suggestions = hide_suggestions
 
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
         masked = super().anonymise_error(error)
@@ -110,7 +120,32 @@ class ErrorMasking(MaskErrors):
         for error in errors:
             if isinstance(error.original_error, DomainError):
                 error.extensions = {**(error.extensions or {}), "code": error.original_error.code.value}
+            if self.hide_suggestions:
+                error.message = SUGGESTION.sub("", error.message)
         return super()._process_errors(errors)
+
+
+class QueryRateLimit(SchemaExtension):
+    """Queries per caller per minute (mutations have their own limit in run_mutation): reads
+    are free to anyone, so without this one address can keep a worker busy. Over the limit
+    the answer is RATE_LIMITED with retryAfterSeconds, and HTTP 429 with Retry-After."""
+
+    def __init__(self, *, per_minute: int) -> None:
+        self.per_minute = per_minute
+
+    async def on_validate(self) -> AsyncIterator[None]:
+        context = self.execution_context
+        if context.operation_type == OperationType.QUERY:
+            caller = context.context
+            try:
+                await enforce(caller.services.limiter, [(f"query:{caller.caller_key}", self.per_minute)])
+            except DomainError as error:
+                context.pre_execution_errors = [GraphQLError(error.message, extensions={
+                    "code": error.code.value, "retryAfterSeconds": error.retry_after_seconds})]
+                if caller.response is not None:  # HTTP; a websocket has no status to set
+                    caller.response.status_code = 429
+                    caller.response.headers["Retry-After"] = str(error.retry_after_seconds)
+        yield
 
 
 class OperationTiming(SchemaExtension):
@@ -142,8 +177,11 @@ def create_schema(settings: Settings) -> strawberry.Schema:
         lambda: depth_limit,
         lambda: alias_limit,
         lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
+        # Both after ValidationCache: their errors replace its (empty) list, not the reverse.
+        lambda: QueryCostLimit(max_cost=settings.max_query_cost),
+        lambda: QueryRateLimit(per_minute=settings.query_rate_limit_per_minute),
         RefuseNulCharacters,
-        ErrorMasking,
+        lambda: ErrorMasking(hide_suggestions=not settings.graphql_introspection),
         OperationTiming,
     ]
     if not settings.graphql_introspection:

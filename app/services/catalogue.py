@@ -17,9 +17,14 @@ from app.models import Event, EventStatus, Seat, SeatStatus, Venue, utcnow
 from app.services import inventory
 
 MAX_SEATS = 100_000
+# Seat maps are read whole (Event.seatMap), so their shape is bounded too.
+MAX_SECTIONS = 100
+MAX_ROWS_PER_SECTION = 50
 MAX_CAPACITY = 1_000_000
 MAX_TICKETS_PER_BOOKING = 100
 MAX_PAGE_SIZE = 100
+# Event.seats pages: one is what a seat-map client reads per request, and the cost limit counts.
+SEATS_PAGE_SIZE = 5000
 CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
 
 
@@ -74,6 +79,8 @@ def _check_seat_map(sections: list[Section]) -> list[dict[str, Any]]:
     """Validate a seat map and return its stored form."""
     if not sections:
         raise invalid_input("seatMap", "A seat map needs at least one section")
+    if len(sections) > MAX_SECTIONS:
+        raise invalid_input("seatMap", f"A seat map may have at most {MAX_SECTIONS} sections")
     names: set[str] = set()
     total = 0
     stored = []
@@ -86,6 +93,8 @@ def _check_seat_map(sections: list[Section]) -> list[dict[str, Any]]:
         _int_in("seatMap.priceCents", section.price_cents, 0, 100_000_000)
         if not section.rows:
             raise invalid_input("seatMap.rows", f"Section {name!r} has no rows")
+        if len(section.rows) > MAX_ROWS_PER_SECTION:
+            raise invalid_input("seatMap.rows", f"A section may have at most {MAX_ROWS_PER_SECTION} rows")
         labels: set[str] = set()
         for row in section.rows:
             label = _text("seatMap.rows.label", row.label, max_length=20)
@@ -347,3 +356,17 @@ async def list_events(
     items = rows[:first]
     return Page(items=items, cursors=[_encode_cursor(e) for e in items],
                 total_count=total or 0, has_next_page=len(rows) > first)
+
+
+async def seat_page(session: AsyncSession, *, event_id: int, section: str | None, first: int,
+                    after: int | None, now: datetime) -> list[tuple[Seat, str]]:
+    """Up to `first` seats of an event in best-available order (seat id), after seat `after`,
+    each with its status as buyers see it."""
+    _int_in("first", first, 0, SEATS_PAGE_SIZE)
+    query = select(Seat, inventory.effective_seat_status(now)).where(Seat.event_id == event_id)
+    if section is not None:
+        query = query.where(Seat.section == section)
+    if after is not None:
+        query = query.where(Seat.id > after)
+    rows = await session.execute(query.order_by(Seat.id).limit(first))
+    return [(seat, status) for seat, status in rows.all()]

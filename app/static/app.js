@@ -18,10 +18,15 @@ const state = {
   live: null,           // the LiveFeed of the open event
 };
 
-const EVENT_QUERY = `query($id: ID!) { event(id: $id) {
+// Seats come in pages (the server's largest is 5,000): the first with the event, then the rest.
+const SEAT_PAGE_SIZE = 5000;
+const SEAT_FIELDS = "id section row number label status priceCents";
+const EVENT_QUERY = `query($id: ID!, $first: Int!) { event(id: $id) {
   id name description startsAt status availableSeats version priceCents currency maxTicketsPerBooking
   venue { name city } seatMap { name }
-  seats { id section row number label status priceCents } } }`;
+  seats(first: $first) { ${SEAT_FIELDS} } } }`;
+const SEAT_PAGE_QUERY = `query($id: ID!, $first: Int!, $after: ID) { event(id: $id) {
+  seats(first: $first, after: $after) { ${SEAT_FIELDS} } } }`;
 const BOOKING = `id reference status quantity totalCents currency expiresAt ticketUrl
   event { id name } seats { id label }`;
 const BOOKING_FIELDS = `booking { ${BOOKING} } errors { code message }`;
@@ -186,15 +191,29 @@ async function loadEvents() {
         h("span", { class: "status" }, event.status))))) : [h("li", {}, "No events on sale.")]));
 }
 
+// The event with every one of its seats; null when it is gone. Later pages may be newer than
+// the event's version: the live feed's changes since that version are applied over them.
+async function readEvent(id) {
+  const data = await gql(EVENT_QUERY, { id, first: SEAT_PAGE_SIZE });
+  const event = data?.event;
+  let page = event?.seats ?? [];
+  while (page.length === SEAT_PAGE_SIZE) {
+    const more = await gql(SEAT_PAGE_QUERY, { id, first: SEAT_PAGE_SIZE, after: page[page.length - 1].id });
+    if (!more?.event) return null;
+    page = more.event.seats;
+    event.seats.push(...page);
+  }
+  return event ?? null;
+}
+
 async function openEvent(id) {
   state.selected.clear();
-  const data = await gql(EVENT_QUERY, { id });
-  if (!data?.event) {
+  const event = await readEvent(id);
+  if (!event) {
     showMessages(["Event not found."]);
     return;
   }
-  state.event = data.event;
-  const { event } = state;
+  state.event = event;
   $("#event-detail").hidden = false;
   $("#event-name").textContent = event.name;
   $("#event-meta").textContent = `${event.venue.name}, ${event.venue.city} · `
@@ -392,9 +411,9 @@ async function reloadSeats(version) {
   state.newestSeen = version;
   try {
     for (let attempt = 0; attempt < 3; attempt += 1) {
-      const data = await gql(EVENT_QUERY, { id });
-      if (!data?.event || state.event?.id !== id) return;
-      Object.assign(state.event, data.event);
+      const event = await readEvent(id);
+      if (!event || state.event?.id !== id) return;
+      Object.assign(state.event, event);
       showEventState(state.event);
       if (state.version >= state.newestSeen) return;
     }
