@@ -80,9 +80,9 @@ SUBSCRIBE = ("subscription($eventId: ID!) { eventAvailability(eventId: $eventId)
 
 # The database's ceilings for a general-admission reserve, on the app's schema: the take first
 # (one lock on the hot row, no KEY SHARE from the booking's foreign key before it), the
-# PENDING booking written as app/services/bookings.py writes it, the event's new state and
-# the booking ids returned (what the app needs to answer and to publish). One statement, one
-# round trip, its own transaction.
+# PENDING booking written as app/services/bookings.py writes it (seat_ids a JSON null), the
+# event's new state and the booking ids returned (what the app needs to answer and to
+# publish). One statement, one round trip, its own transaction.
 _TAKE = """
     UPDATE events SET available = available - $2, version = version + 1,
            status = CASE WHEN available = $2 THEN 'SOLD_OUT' ELSE status END
@@ -93,7 +93,7 @@ _BOOKING_COLUMNS = ("reference, user_id, event_id, status, quantity, seat_ids, t
 SQL_RESERVE_ONE = f"""
 WITH t AS ({_TAKE}),
 b AS (INSERT INTO bookings ({_BOOKING_COLUMNS})
-      SELECT $3, $4, t.id, 'PENDING', $2, NULL, t.price_cents * $2, t.currency, $5, $6, false, 1 FROM t
+      SELECT $3, $4, t.id, 'PENDING', $2, 'null', t.price_cents * $2, t.currency, $5, $6, false, 1 FROM t
       RETURNING id)
 SELECT b.id, t.available, t.version, t.status FROM b, t"""
 # The same for a batch: one take of the sum ($2 = the array length) and one multi-row insert,
@@ -101,7 +101,7 @@ SELECT b.id, t.available, t.version, t.status FROM b, t"""
 SQL_RESERVE_BATCH = f"""
 WITH t AS ({_TAKE}),
 b AS (INSERT INTO bookings ({_BOOKING_COLUMNS})
-      SELECT r.reference, r.user_id, t.id, 'PENDING', 1, NULL, t.price_cents, t.currency, $5, $6, false, 1
+      SELECT r.reference, r.user_id, t.id, 'PENDING', 1, 'null', t.price_cents, t.currency, $5, $6, false, 1
       FROM t, unnest($3::text[], $4::bigint[]) AS r(reference, user_id)
       RETURNING id)
 SELECT b.id, t.available, t.version, t.status FROM b, t"""
