@@ -907,7 +907,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.flash_sale", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers (default 2)")
-    parser.add_argument("--quick", action="store_true", help="smaller, shorter run (~1 minute)")
+    parser.add_argument("--quick", action="store_true", help="smaller, shorter run (~2 minutes)")
     parser.add_argument("--rate", type=float, default=1000, help="flash-sale arrival rate per second")
     parser.add_argument("--sat-fraction", type=float, default=0.7,
                         help="second flash sale at this fraction of the measured reserve saturation")
