@@ -321,6 +321,7 @@ class Bench:
         assert self.db is not None
         await self.db.execute("VACUUM (ANALYZE)")  # this PostgreSQL runs with autovacuum off
         references = itertools.count()
+        single, many = (int(e) for e in self.events["sql"])
         conns = await self._connections(args.concurrency)
         try:
             async def one(slot: int, _index: int) -> Outcome:
@@ -337,7 +338,6 @@ class Bench:
                     users[slot * batch:(slot + 1) * batch], created, created + timedelta(seconds=300))
                 return Outcome("OK" if len(rows) == batch else "SOLD_OUT")
 
-            single, many = (int(e) for e in self.events["sql"])
             await self._closed_loop_runs("sql", "c. SQL ceiling: 1 reserve per statement", one,
                                          phase="c. SQL 1 reserve per statement", refill=single)
             await self._closed_loop_runs("sql_batch", f"c. SQL ceiling: {batch} reserves per statement",
