@@ -134,11 +134,17 @@ class Server:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
 
-    def log_problems(self) -> list[str]:
+    def log_lines(self) -> list[str]:
         try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
+            return self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return []
+
+    def log_count(self, text: str) -> int:
+        return sum(text in line for line in self.log_lines())
+
+    def log_problems(self) -> list[str]:
+        lines = self.log_lines()
         # Plain ("ERROR name: ...") or JSON ({"level": "ERROR", ...}) log lines.
         return [line for line in lines if line.startswith(("ERROR", "CRITICAL"))
                 or '"level": "ERROR"' in line or '"level": "CRITICAL"' in line]
