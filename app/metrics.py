@@ -43,10 +43,8 @@ COALESCED_MESSAGES = Counter("bookmyevent_subscription_messages_coalesced_total"
 RESERVE_BATCH_SIZE = Histogram("bookmyevent_reserve_batch_size",
                                "General-admission reserves served together in one transaction",
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 200))
-RATE_LIMIT_UNCOUNTED = Counter(
-    "bookmyevent_rate_limit_uncounted_total",
-    "Calls the Redis rate limiter could not count: let through (redis_unreachable) or refused (busy)",
-    ["reason"])
+RATE_LIMIT_UNCOUNTED = Counter("bookmyevent_rate_limit_uncounted_total",
+                               "Calls let through uncounted because Redis was unreachable")
 SWEEPS = Counter("bookmyevent_sweeper_runs_total", "Expiry sweeper runs")
 EXPIRED_HOLDS = Counter("bookmyevent_expired_holds_total", "Holds expired by the sweeper")
 

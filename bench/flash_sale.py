@@ -222,7 +222,9 @@ class Bench:
             "venueId": venue_id, "name": f"Bench {kind} #{i}", "category": "concert",
             "description": f"Benchmark event ({kind}) with {capacity} places",
             "startsAt": starts.isoformat(), "endsAt": (starts + timedelta(hours=3)).isoformat(),
-            "capacity": capacity, "priceCents": 4500, "maxTicketsPerBooking": 10}}, "createEvent")
+            "capacity": capacity, "priceCents": 4500, "maxTicketsPerBooking": 10,
+            # The closed loops reserve again and again with the same buyers: no per-buyer cap.
+            "maxTicketsPerUser": capacity}}, "createEvent")
         event_id = created["event"]["id"]
         await self._admin(client, PUBLISH, {"id": event_id}, "publishEvent")
         return str(event_id)
