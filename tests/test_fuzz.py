@@ -25,14 +25,16 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis_graphql import Mode, mutations, queries
-from sqlalchemy import delete, text, update
+from sqlalchemy import delete, insert, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from app.cli import MAX_WEBSOCKET_FRAME
 from app.errors import DomainError
-from app.models import Booking, Event, Role, User
+from app.logs import JsonFormatter, PlainFormatter
+from app.models import Booking, Event, Role, User, utcnow
 from app.schema.schema import create_schema
 from app.services.catalogue import MAX_PRICE_CENTS, MAX_TICKETS_PER_BOOKING
 from app.settings import ConfigurationError, Settings, load_settings
@@ -514,6 +516,8 @@ async def test_a_deleted_users_token_is_unauthenticated_not_a_fault(
     event = await make_event(sessionmaker)
     user = await make_user(sessionmaker)
     token = token_for(user, settings)  # still valid for minutes after the account is gone
+    # Made first: SQLite would hand the deleted row's id to the next user inserted.
+    other = token_for(await make_user(sessionmaker), settings)
     async with sessionmaker() as session:
         await session.execute(delete(User).where(User.id == user.id))
         await session.commit()
@@ -522,11 +526,36 @@ async def test_a_deleted_users_token_is_unauthenticated_not_a_fault(
     assert (await gql(reserve, {"e": str(event.id)}, token))["reserveSeats"] == {
         "booking": None, "errors": [{"code": "UNAUTHENTICATED"}]}
     sold_out = await make_event(sessionmaker, capacity=1)
-    other = token_for(await make_user(sessionmaker), settings)
     assert (await gql(reserve, {"e": str(sold_out.id)}, other))["reserveSeats"]["errors"] == []
     join = """mutation($e: ID!) { joinWaitlist(input: {eventId: $e, quantity: 1}) { errors { code } } }"""
-    assert (await gql(join, {"e": str(sold_out.id)}, token))["joinWaitlist"] == {"errors": [{"code": "UNAUTHENTICATED"}]}
+    joined = (await gql(join, {"e": str(sold_out.id)}, token))["joinWaitlist"]
+    assert joined == {"errors": [{"code": "UNAUTHENTICATED"}]}
     assert (await gql("{ me { id } }", token=token)) == {"me": None}
     # Nothing was taken for the ghost.
     async with sessionmaker() as session:
         assert (await session.get(Event, event.id)).available == event.capacity  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_logged_database_errors_carry_no_values(engine: AsyncEngine) -> None:
+    """The engine hides parameters, and the log formatters hide what the database quotes back
+    (its DETAIL, the text it could not cast): emails and keys stay out of the logs."""
+    user = {"email": "secret.person@example.com", "name": "N", "password_hash": "!", "role": Role.USER,
+            "created_at": utcnow()}
+    failing = [insert(User).values(user), insert(User).values(user),
+               text("SELECT CAST(:key AS integer)").bindparams(key="secret-idempotency-key")]
+    errors = []
+    for statement in failing:
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(statement)
+        except DBAPIError as error:
+            errors.append(error)
+    assert len(errors) == 2
+    for error in errors:
+        assert "parameters hidden" in str(error)
+        record = logging.LogRecord("app", logging.ERROR, __file__, 1, "%s", (error,),
+                                   (type(error), error, error.__traceback__))
+        for formatter in (JsonFormatter(), PlainFormatter("%(message)s")):
+            logged = formatter.format(record)
+            assert "Traceback" in logged and "secret" not in logged, logged
