@@ -41,7 +41,7 @@ from app.settings import ConfigurationError, Settings, load_settings
 from app.web import MAX_BODY_BYTES, create_app
 from tests.conftest import GraphQLClient, free_port, running_app
 from tests.factories import SMALL_SEAT_MAP, make_event, make_user, token_for
-from tests.servers import MESSAGE_TIMEOUT, STARTUP_TIMEOUT, serve_in_process
+from tests.servers import MESSAGE_TIMEOUT, STARTUP_TIMEOUT, AppProcess, serve_in_process
 
 LEAKS = ("Traceback", 'File "', "sqlalchemy", "asyncpg", "sqlite3", "aiosqlite", "psycopg",
          "IntegrityError", "OperationalError")
@@ -559,3 +559,101 @@ async def test_logged_database_errors_carry_no_values(engine: AsyncEngine) -> No
         for formatter in (JsonFormatter(), PlainFormatter("%(message)s")):
             logged = formatter.format(record)
             assert "Traceback" in logged and "secret" not in logged, logged
+
+
+# --- the classes above, generated, against a real server whose log must stay clean -------
+
+ODD_TEXT = st.text(st.one_of(st.sampled_from(["\x00", "\ud800", "\udbff", "\udc00", "\udfff", "\ufffe", "\u202e"]),
+                             st.characters()), max_size=12)
+TEXT_DOCUMENTS = [  # each takes $s: String (or ID) somewhere it reaches a service or the database
+    "query($s: String) { events(filter: {search: $s}) { totalCount } }",
+    "query($s: String) { events(filter: {city: $s, category: $s}) { totalCount } }",
+    "query($s: String) { events(after: $s) { totalCount } }",
+    "query($s: String) { myBookings(after: $s) { totalCount } }",
+    "query($s: ID!) { event(id: $s) { id } booking(id: $s) { id } }",
+    "mutation($s: String!) { register(input: {email: $s, password: $s, name: $s}) { errors { code } } }",
+    "mutation($s: String!) { login(input: {email: $s, password: $s}) { errors { code } } }",
+    "mutation($s: String!) { refreshToken(refreshToken: $s) { errors { code } } }",
+    "mutation($s: ID!) { reserveSeats(input: {eventId: $s, quantity: 1, idempotencyKey: $s}) { errors { code } } }",
+]
+DATE_DOCUMENTS = ["query($s: DateTime) { events(filter: {startsAfter: $s}) { totalCount } }",
+                  "query($s: DateTime) { events(filter: {startsBefore: $s}) { totalCount } }"]
+
+
+def _escapes() -> st.SearchStrategy[str]:
+    """GraphQL string escapes, fixed-width and braced, of every code point and some beyond."""
+    code_points = st.integers(0, 0x110010)
+    return st.one_of(code_points.map(lambda n: f"\\u{{{n:x}}}"), st.integers(0, 0xFFFF).map(lambda n: f"\\u{n:04X}"),
+                     st.sampled_from(["\\u{0}", "\\u0000", "\\uD800", "\\uDFFF", "\\uD83D\\uDE00", "\\u{}", "\\x00"]))
+
+
+def _cursors() -> st.SearchStrategy[str]:
+    dates = st.one_of(st.datetimes(timezones=st.none() | st.timezones()).map(datetime.isoformat), st.text(max_size=10))
+    ids = st.one_of(st.integers(-(2**70), 2**70).map(str), st.text(max_size=5))
+    raw = st.builds(lambda d, i: f"{d}|{i}", dates, ids)
+    return st.one_of(raw.map(lambda t: base64.urlsafe_b64encode(t.encode("utf-8", "surrogatepass")).decode()), raw)
+
+
+def _dates() -> st.SearchStrategy[str]:
+    offsets = st.integers(-14 * 60, 14 * 60).map(
+        lambda m: f"{'+' if m >= 0 else '-'}{abs(m) // 60:02d}:{abs(m) % 60:02d}")
+    extremes = st.sampled_from(["0001-01-01T00:00:00", "9999-12-31T23:59:59.999999", "1899-12-31T23:59:59",
+                                "9000-01-01T00:00:00", "2030-02-30T00:00:00", "2030-01-01T24:00:00"])
+    return st.one_of(st.builds(lambda d, o: d + o, extremes, offsets | st.just("") | st.just("Z")),
+                     st.datetimes(timezones=st.none() | st.timezones()).map(datetime.isoformat), ODD_TEXT)
+
+
+JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | ODD_TEXT
+
+
+def hostile_bodies() -> st.SearchStrategy[str]:
+    """Request bodies of every class the server once failed on."""
+    texts = st.builds(lambda doc, s: json.dumps({"query": doc, "variables": {"s": s}}),
+                      st.sampled_from(TEXT_DOCUMENTS), ODD_TEXT | _cursors())
+    escapes = st.builds(lambda e: json.dumps({"query": f'{{ events(filter: {{search: "a{e}b"}}) {{ totalCount }} }}'}),
+                        _escapes())
+    dates = st.builds(lambda doc, d: json.dumps({"query": doc, "variables": {"s": d}}),
+                      st.sampled_from(DATE_DOCUMENTS), _dates())
+    nesting = st.builds(lambda depth, opener, closer: '{"query": "{ __typename }", "variables": {"v": '
+                        + opener * depth + closer * depth + "}}",
+                        st.integers(1, 20_000), st.just("["), st.just("]")) | \
+        st.integers(1, 20_000).map(lambda depth: "[" * depth + "]" * depth)
+    not_objects = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=3) |
+                               st.dictionaries(ODD_TEXT, inner, max_size=3), max_leaves=8).map(json.dumps)
+    odd_fields = st.builds(lambda q, v: json.dumps({"query": q, "variables": v}),
+                           JSON_SCALARS | st.sampled_from(TEXT_DOCUMENTS), JSON_SCALARS)
+    return st.one_of(texts, escapes, dates, nesting, not_objects, odd_fields)
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_hostile_inputs_leave_no_traceback_in_the_server_log(
+        settings: Settings, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession],
+        redis_url: str, tmp_path: Any) -> None:
+    """`bookmyevent serve` (PostgreSQL, Redis, JSON logs) takes generated hostile bodies of
+    every class above: each answered as a client error or as data, and afterwards its log
+    holds no traceback and nothing at ERROR."""
+    await make_event(sessionmaker)
+    token = token_for(await make_user(sessionmaker), settings)
+    server = AppProcess(database_url=settings.database_url, redis_url=redis_url, log_path=tmp_path / "server.log")
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.http_url, timeout=REQUEST_TIMEOUT) as http:
+            loop = asyncio.get_running_loop()
+
+            @hypothesis_settings(max_examples=4 * EXAMPLES, deadline=None, database=None,
+                                 suppress_health_check=list(HealthCheck))
+            @given(body=hostile_bodies(), signed_in=st.booleans())
+            def run(body: str, signed_in: bool) -> None:
+                headers = {"content-type": "application/json", **({"Authorization": f"Bearer {token}"}
+                                                                   if signed_in else {})}
+                response = run_from_thread(loop, http.post("/graphql", content=body, headers=headers))
+                answer = check_clean(response)
+                if "data" not in answer or answer["data"] is None:
+                    client_error_codes(answer)
+
+            await asyncio.to_thread(run)
+    finally:
+        await server.stop()
+    log = server.log()
+    assert "Traceback" not in log, log[-5000:]
+    assert '"level": "ERROR"' not in log, log[-5000:]
