@@ -17,7 +17,8 @@ from app.settings import Settings
 def create_engine(settings: Settings) -> AsyncEngine:
     if settings.is_sqlite:
         engine = create_async_engine(
-            settings.database_url, connect_args={"timeout": 30, "isolation_level": None}
+            settings.database_url, connect_args={"timeout": 30, "isolation_level": None},
+            hide_parameters=True,
         )
         _configure_sqlite(engine)
         return engine
@@ -26,6 +27,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
+        # Errors (and so the logs) show statements, never their values: emails, keys, tokens.
+        hide_parameters=True,
         # asyncpg's prepared-statement cache keeps the hot statements parsed server-side.
         connect_args={"server_settings": {"application_name": "bookmyevent"}},
     )

@@ -1,4 +1,5 @@
-"""ASGI middleware: a request id for every request, and a cap on request bodies."""
+"""ASGI middleware: a request id for every request, and a cap on request bodies; and the
+GraphQL-shaped JSON answer every refusal before execution takes."""
 
 from __future__ import annotations
 
@@ -6,13 +7,19 @@ import re
 import secrets
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs
 
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def error_response(status_code: int, message: str, code: str) -> JSONResponse:
+    """A request refused before any GraphQL ran, answered as GraphQL clients parse errors."""
+    return JSONResponse({"data": None, "errors": [{"message": message, "extensions": {"code": code}}]},
+                        status_code=status_code)
 
 
 class RequestIdMiddleware:
@@ -73,7 +80,7 @@ class BodySizeLimitMiddleware:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = PlainTextResponse(f"Request body over {self.max_bytes} bytes", status_code=413)
+        response = error_response(413, f"Request body over {self.max_bytes} bytes", "PAYLOAD_TOO_LARGE")
         await response(scope, receive, send)
 
 

@@ -18,7 +18,7 @@ from redis import asyncio as aioredis
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
@@ -32,7 +32,7 @@ from app import metrics
 from app.db import create_engine, create_sessionmaker
 from app.errors import DomainError
 from app.fanout import TransportWSHandler
-from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, error_response
 from app.pubsub import Broker
 from app.resolvers.context import AppServices, Context
 from app.schema.schema import create_schema
@@ -48,6 +48,11 @@ logger = logging.getLogger(__name__)
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 20
 CONNECTION_INIT_TIMEOUT = timedelta(seconds=5)
 MAX_BODY_BYTES = 256 * 1024  # a GraphQL document with variables; nothing legitimate is larger
+# Variables nest a few levels (a seat map: input, sections, rows); deeper bodies are abuse,
+# and Python's recursion would give out on them somewhere downstream.
+MAX_JSON_DEPTH = 32
+# What an HTTP-level refusal says in `extensions.code`, next to its status.
+HTTP_ERROR_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 STATIC_DIR = Path(__file__).parent / "static"
 
 
@@ -67,7 +72,7 @@ class GraphQLApp(GraphQL[Context, None]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
-            await super().__call__(scope, receive, send)
+            await self._handle_http(scope, receive, send)
             return
         metrics.WEBSOCKETS.inc()
         try:
@@ -75,13 +80,34 @@ class GraphQLApp(GraphQL[Context, None]):
         finally:
             metrics.WEBSOCKETS.dec()
 
+    async def _handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """strawberry's HTTP handling, with its refusals as GraphQL JSON errors (it answers them
+        in plain text) and a client that hangs up mid-request treated as the normal event it is."""
+        try:
+            response: Response = await self.run(Request(scope, receive=receive))
+        except HTTPException as error:
+            response = error_response(error.status_code, error.reason,
+                                      HTTP_ERROR_CODES.get(error.status_code, "BAD_REQUEST"))
+            if error.status_code == 401:
+                response.headers["www-authenticate"] = 'Bearer error="invalid_token"'
+        except ClientDisconnect:
+            logger.info("Client disconnected before sending the whole request")
+            return
+        await response(scope, receive, send)
+
     def parse_json(self, data: str | bytes) -> Any:
-        """Request bodies are a JSON object (or a batch): anything else, or bytes that are not
-        UTF-8, is the client's error (strawberry itself would fail on them with a 500)."""
+        """Request bodies are a JSON object (or a batch): anything else, bytes that are not
+        UTF-8, or nesting deeper than any request needs, is the client's error (strawberry
+        itself would fail on them with a 500)."""
+        too_deep = HTTPException(400, f"The request body nests deeper than {MAX_JSON_DEPTH} levels")
         try:
             decoded = json.loads(data)
         except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
             raise HTTPException(400, "Unable to parse request body as JSON") from None
+        except RecursionError:
+            raise too_deep from None
+        if _nesting_exceeds(decoded, MAX_JSON_DEPTH):
+            raise too_deep
         if not isinstance(decoded, dict | list):
             raise HTTPException(400, "The request body must be a JSON object")
         return decoded
@@ -93,14 +119,16 @@ class GraphQLApp(GraphQL[Context, None]):
         return base.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
-        identity, auth_error = None, None
+        identity = None
         if not isinstance(request, WebSocket):  # websockets authenticate in connection_init
             try:
                 identity = identity_from_authorization(request.headers.get("authorization"),
                                                        self.services.settings)
             except DomainError as error:
-                auth_error = error
-        return Context(self.services, identity, auth_error, base_url=self._base_url(request),
+                # Refused outright, not read anonymously: the client learns to renew its token
+                # (no token at all still reads anonymously).
+                raise HTTPException(401, error.message) from None
+        return Context(self.services, identity, base_url=self._base_url(request),
                        client_ip=request.client.host if request.client else "unknown",
                        response=None if isinstance(request, WebSocket) else response)
 
@@ -112,6 +140,17 @@ class GraphQLApp(GraphQL[Context, None]):
                                                            self.services.settings)
         except DomainError:
             raise ConnectionRejectionError({"message": "Invalid or expired access token"}) from None
+
+
+def _nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether JSON containers nest deeper than `limit`, found level by level (no recursion)."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(limit):
+        level = [child for item in level for child in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(child, dict | list)]
+        if not level:
+            return False
+    return True
 
 
 async def index(request: Request) -> Response:

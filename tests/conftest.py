@@ -172,7 +172,7 @@ class GraphQLClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         response = await self.http.post("/graphql", json={"query": query, "variables": variables or {}},
                                         headers=headers)
-        assert response.status_code in (200, 400), response.text
+        assert response.status_code in (200, 400, 401), response.text
         return dict(response.json())
 
     async def __call__(self, query: str, variables: dict[str, Any] | None = None,

@@ -181,6 +181,7 @@ async def test_a_page_left_open_past_its_access_token_still_reserves(
             await page.wait_for_selector('#hold[data-status="PENDING"]')
             assert await page.text_content("#messages") == ""
             assert await page.evaluate("sessionStorage.getItem('bme.token')") != first
-            assert problems == []
+            # The refused call is a 401 (UNAUTHENTICATED), which the browser's console reports.
+            assert [problem for problem in problems if "status of 401" not in problem] == []
         finally:
             await browser.close()

@@ -11,6 +11,8 @@ from sqlalchemy.types import TypeDecorator
 
 # BIGINT identities on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Amounts in minor units: sums and totals outgrow 32 bits (SQLite's INTEGER is 64-bit anyway).
+Money = BigInteger()
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",

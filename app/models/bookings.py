@@ -6,7 +6,7 @@ from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Intege
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import false
 
-from app.models.base import Base, BigId, UTCDateTime, utcnow
+from app.models.base import Base, BigId, Money, UTCDateTime, utcnow
 
 
 class BookingStatus:
@@ -51,7 +51,7 @@ class Booking(Base):
     quantity: Mapped[int] = mapped_column(Integer)
     # The seats this booking holds or held (history survives release); None for GA.
     seat_ids: Mapped[list[int] | None] = mapped_column(JSON)
-    total_cents: Mapped[int] = mapped_column(Integer)
+    total_cents: Mapped[int] = mapped_column(Money)
     currency: Mapped[str] = mapped_column(String(3))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -75,7 +75,7 @@ class Payment(Base):
     kind: Mapped[str] = mapped_column(String(16))
     transaction_id: Mapped[str] = mapped_column(String(64), unique=True)
     status: Mapped[str] = mapped_column(String(16))
-    amount_cents: Mapped[int] = mapped_column(Integer)
+    amount_cents: Mapped[int] = mapped_column(Money)
     method: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, BigId, UTCDateTime, utcnow
+from app.models.base import Base, BigId, Money, UTCDateTime, utcnow
 
 
 class EventStatus:
@@ -63,7 +63,7 @@ class Event(Base):
     capacity: Mapped[int] = mapped_column(Integer)
     available: Mapped[int] = mapped_column(Integer)
     # General admission price; for seated events the cheapest section's price.
-    price_cents: Mapped[int] = mapped_column(Integer)
+    price_cents: Mapped[int] = mapped_column(Money)
     # Seated events: [{"name", "priceCents", "rows": [{"label", "seats"}]}]; None for GA.
     seat_map: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=EventStatus.DRAFT)
@@ -96,7 +96,7 @@ class Seat(Base):
     section: Mapped[str] = mapped_column(String(100))
     row: Mapped[str] = mapped_column(String(20))
     number: Mapped[int] = mapped_column(Integer)
-    price_cents: Mapped[int] = mapped_column(Integer)
+    price_cents: Mapped[int] = mapped_column(Money)
     status: Mapped[str] = mapped_column(String(16), default=SeatStatus.AVAILABLE)
     booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"))
 

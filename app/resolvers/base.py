@@ -6,10 +6,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import strawberry
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
-from app.errors import DomainError
+from app.errors import DomainError, ErrorCode
+from app.models import User
 from app.resolvers.context import Context
 from app.schema.common import UserError
 from app.services import outbox
@@ -36,6 +38,7 @@ async def run_mutation(
                 (f"mutation:{info.context.caller_key}", services.settings.mutation_rate_limit_per_minute),
                 *limits])
             payload = await work(session)
+            await session.commit()
         except DomainError as error:
             metrics.OPERATIONS.labels(info.field_name, error.code.value).inc()
             if error.keep_changes:
@@ -44,7 +47,16 @@ async def run_mutation(
             else:
                 await session.rollback()
             return payload_type(errors=[UserError.from_domain(error)])
-        await session.commit()
+        except IntegrityError:
+            await session.rollback()
+            # A valid token of a deleted account: its rows cannot reference the user. Asked only
+            # after such a failure, so the hot path pays no look-up for this rare case.
+            identity = info.context.identity
+            if identity is None or await session.get(User, identity.user_id) is not None:
+                raise
+            metrics.OPERATIONS.labels(info.field_name, ErrorCode.UNAUTHENTICATED.value).inc()
+            return payload_type(errors=[UserError.from_domain(DomainError(
+                ErrorCode.UNAUTHENTICATED, "This account no longer exists: sign in again"))])
     metrics.OPERATIONS.labels(info.field_name, "ok").inc()
     await services.broker.publish_all(outbox.take(session))
     return payload

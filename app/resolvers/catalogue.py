@@ -56,7 +56,7 @@ class CatalogueQuery:
             sales = await reports.event_sales(session, event_id=parse_id(event_id, "eventId"))
         return EventSales(
             event_id=strawberry.ID(str(sales.event_id)), capacity=sales.capacity, places_sold=sales.places_sold,
-            places_held=sales.places_held, places_free=sales.places_free, revenue_cents=sales.revenue_cents,
+            places_held=sales.places_held, places_free=sales.places_free, revenue=sales.revenue_cents,
             currency=sales.currency, holds_created=sales.holds_created, holds_confirmed=sales.holds_confirmed,
             conversion_rate=sales.conversion_rate, cancellations=sales.cancellations,
             expired_holds=sales.expired_holds, waitlist_length=sales.waitlist_length)

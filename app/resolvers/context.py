@@ -94,18 +94,14 @@ class Loaders:
 class Context:
     """The strawberry context of one HTTP request or one websocket connection."""
 
-    def __init__(self, services: AppServices, identity: Identity | None,
-                 auth_error: DomainError | None = None, *, base_url: str = "",
+    def __init__(self, services: AppServices, identity: Identity | None, *, base_url: str = "",
                  client_ip: str = "unknown", response: Any = None) -> None:
         self.services = services
         self.response = response  # HTTP only: where a status code or header can be set
         self.base_url = base_url  # where ticket links point
         self.client_ip = client_ip
         self.settings = services.settings
-        self.identity = identity
-        # A bad token does not fail the request outright: anonymous reads still work, and
-        # anything that needs a user reports UNAUTHENTICATED with this message.
-        self.auth_error = auth_error
+        self.identity = identity  # a bad token never gets here: app/web.py answers 401
         self._loaders: Loaders | None = None
         self.connection_params: dict[str, Any] | None = None  # set by strawberry on websockets
 
@@ -126,7 +122,7 @@ class Context:
 
     def require_user(self) -> Identity:
         if self.identity is None:
-            raise self.auth_error or DomainError(ErrorCode.UNAUTHENTICATED, "Sign in first")
+            raise DomainError(ErrorCode.UNAUTHENTICATED, "Sign in first")
         # An HTTP request decodes its token each time; a websocket only at connection_init,
         # and may stay open long after the token (or the session) has ended.
         if self.identity.expired(utcnow()):

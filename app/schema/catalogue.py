@@ -7,11 +7,12 @@ from enum import StrEnum
 from typing import Any
 
 import strawberry
+from graphql import GraphQLError
 
 from app import models
 from app.errors import parse_id
 from app.models import utcnow
-from app.schema.common import UserError
+from app.schema.common import MAX_INT, BigInt, UserError
 from app.services import catalogue, inventory
 
 
@@ -224,7 +225,8 @@ class EventSales:
     places_sold: int = strawberry.field(description="Places in CONFIRMED bookings")
     places_held: int = strawberry.field(description="Places in PENDING holds that have not lapsed")
     places_free: int
-    revenue_cents: int = strawberry.field(description="Totals of CONFIRMED bookings (refunds excluded)")
+    revenue: BigInt = strawberry.field(
+        description="Totals of CONFIRMED bookings (refunds excluded), in minor units: 64-bit safe")
     currency: str
     holds_created: int = strawberry.field(description="Every reservation ever made, waitlist offers included")
     holds_confirmed: int = strawberry.field(description="Reservations that were paid (even if cancelled since)")
@@ -232,3 +234,11 @@ class EventSales:
     cancellations: int
     expired_holds: int
     waitlist_length: int = strawberry.field(description="Entries still WAITING")
+
+    @strawberry.field(deprecation_reason="GraphQL Int is 32-bit: use revenue, which always fits")
+    def revenue_cents(self) -> int:
+        """`revenue` while it fits in an Int; past 2^31 - 1 a clear error instead of a masked fault."""
+        if self.revenue > MAX_INT:
+            raise GraphQLError("revenueCents is above what a GraphQL Int holds: read revenue instead",
+                               extensions={"code": "INT_OVERFLOW"})
+        return int(self.revenue)

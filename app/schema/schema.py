@@ -10,7 +10,15 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import strawberry
-from graphql import FieldNode, GraphQLError, OperationDefinitionNode
+from graphql import (
+    FieldNode,
+    GraphQLError,
+    GraphQLSyntaxError,
+    OperationDefinitionNode,
+    StringValueNode,
+    Visitor,
+    visit,
+)
 from strawberry.extensions import (
     DisableIntrospection,
     MaskErrors,
@@ -21,6 +29,8 @@ from strawberry.extensions import (
     SchemaExtension,
     ValidationCache,
 )
+from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
 from strawberry.tools import merge_types
 from strawberry.types.graphql import OperationType
 
@@ -31,6 +41,7 @@ from app.resolvers.bookings import BookingMutation, BookingQuery
 from app.resolvers.catalogue import CatalogueMutation, CatalogueQuery
 from app.resolvers.realtime import RealtimeSubscription
 from app.resolvers.waitlist import WaitlistMutation, WaitlistQuery
+from app.schema.common import SCALARS
 from app.schema.cost import QueryCostLimit
 from app.services.ratelimit import enforce
 from app.settings import Settings
@@ -65,39 +76,79 @@ def is_server_fault(error: GraphQLError) -> bool:
 
 
 class BookMyEventSchema(strawberry.Schema):
+    async def execute(self, query: str | None, variable_values: dict[str, Any] | None = None,
+                      context_value: Any = None, root_value: Any = None, operation_name: str | None = None,
+                      allowed_operation_types: Any = None, operation_extensions: dict[str, Any] | None = None,
+                      ) -> Any:
+        """HTTP's entry: a subscription there is refused (400), since strawberry would run it as a
+        query and fail on the stream its resolver returns. Websockets subscribe through `subscribe`."""
+        allowed = set(allowed_operation_types or DEFAULT_ALLOWED_OPERATION_TYPES) - {OperationType.SUBSCRIPTION}
+        return await super().execute(query, variable_values, context_value, root_value, operation_name,
+                                     allowed, operation_extensions)
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Log server faults only: clients can send malformed documents as fast as they like,
         and a stack trace for each would bury the real faults."""
         super().process_errors([error for error in errors if is_server_fault(error)], execution_context)
 
 
-class RefuseNulCharacters(SchemaExtension):
-    """PostgreSQL text cannot hold U+0000: refuse it in any input, literal or variable, as the
-    client's error, before anything reaches a resolver or the database."""
+# PostgreSQL text cannot hold U+0000, and a lone UTF-16 surrogate (JSON "\ud800", GraphQL
+# "\uD800") cannot even be encoded to send it: neither belongs in any text we keep.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+class RefuseUnstorableText(SchemaExtension):
+    """Refuse NUL and lone surrogates in any string of the request, in the document's literals
+    (after their escapes, `\\u{0}` alike) or in its variables, as the client's error, before
+    anything reaches a resolver or the database."""
 
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
-        query = context.query or ""
-        if "\\u0000" in query or "\x00" in query or _contains_nul(context.variables):
+        if _unstorable_variables(context.variables) or (
+                context.graphql_document is not None and _unstorable_literals(context.graphql_document)):
             # Set before validation runs: strawberry then skips it and answers with these.
             context.pre_execution_errors = [GraphQLError(
-                "Text may not contain NUL characters", extensions={"code": ErrorCode.INVALID_INPUT.value})]
+                "Text may not contain NUL characters or unpaired surrogates",
+                extensions={"code": ErrorCode.INVALID_INPUT.value})]
         yield
 
 
-def _contains_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_contains_nul(item) for item in value.values())
-    if isinstance(value, list):
-        return any(_contains_nul(item) for item in value)
+def _unstorable_variables(value: object) -> bool:
+    stack = [value]  # a loop, not recursion: nesting depth is the client's choice
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if UNSTORABLE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 
 # graphql-core ends a message with "Did you mean 'x', 'y'?" for every near miss: enough,
 # with introspection off, to map most of the schema by guessing.
 SUGGESTION = re.compile(r"\s*Did you mean .*$", re.DOTALL)
+
+
+class _StringLiterals(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found = False
+
+    def enter_string_value(self, node: StringValueNode, *_: Any) -> Any:
+        if UNSTORABLE.search(node.value):
+            self.found = True
+            return self.BREAK
+        return None
+
+
+def _unstorable_literals(document: Any) -> bool:
+    visitor = _StringLiterals()
+    visit(document, visitor)
+    return visitor.found
 
 
 class ErrorMasking(MaskErrors):
@@ -120,6 +171,10 @@ class ErrorMasking(MaskErrors):
         for error in errors:
             if isinstance(error.original_error, DomainError):
                 error.extensions = {**(error.extensions or {}), "code": error.original_error.code.value}
+            elif not (error.extensions or {}).get("code") and not is_server_fault(error):
+                # GraphQL's own refusals: a document that does not parse, or does not fit the schema.
+                code = "GRAPHQL_PARSE_FAILED" if isinstance(error, GraphQLSyntaxError) else "GRAPHQL_VALIDATION_FAILED"
+                error.extensions = {**(error.extensions or {}), "code": code}
             if self.hide_suggestions:
                 error.message = SUGGESTION.sub("", error.message)
         return super()._process_errors(errors)
@@ -155,7 +210,8 @@ class OperationTiming(SchemaExtension):
         started = time.perf_counter()
         yield
         context = self.execution_context
-        if context.operation_type == OperationType.SUBSCRIPTION or context.graphql_document is None:
+        # No document (a syntax error) has no operation type either: ask in this order.
+        if context.graphql_document is None or context.operation_type == OperationType.SUBSCRIPTION:
             return
         for definition in context.graphql_document.definitions:
             if isinstance(definition, OperationDefinitionNode):
@@ -180,11 +236,11 @@ def create_schema(settings: Settings) -> strawberry.Schema:
         # Both after ValidationCache: their errors replace its (empty) list, not the reverse.
         lambda: QueryCostLimit(max_cost=settings.max_query_cost),
         lambda: QueryRateLimit(per_minute=settings.query_rate_limit_per_minute),
-        RefuseNulCharacters,
+        RefuseUnstorableText,
         lambda: ErrorMasking(hide_suggestions=not settings.graphql_introspection),
         OperationTiming,
     ]
     if not settings.graphql_introspection:
         extensions.append(DisableIntrospection)
     return BookMyEventSchema(query=Query, mutation=Mutation, subscription=Subscription,
-                             extensions=extensions)
+                             extensions=extensions, config=StrawberryConfig(scalar_map=SCALARS))

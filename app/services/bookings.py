@@ -24,7 +24,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import DomainError, ErrorCode, invalid_input, not_found
+from app.errors import DomainError, ErrorCode, invalid_input, not_found, parse_id
 from app.models import (
     Booking,
     BookingStatus,
@@ -755,9 +755,9 @@ async def list_bookings(session: AsyncSession, *, user_id: int, status: str | No
         query = query.where(Booking.status == status)
     total = await session.scalar(select(func.count()).select_from(query.subquery()))
     if after is not None:
-        try:
-            query = query.where(Booking.id < int(after))
-        except ValueError:
+        try:  # in range too: a number past BIGINT would reach the database as an error
+            query = query.where(Booking.id < parse_id(after, "after"))
+        except DomainError:
             raise invalid_input("after", "Not a cursor from this list") from None
     rows = list((await session.scalars(query.order_by(Booking.id.desc()).limit(first + 1))).all())
     return BookingPage(items=rows[:first], total_count=total or 0, has_next_page=len(rows) > first)

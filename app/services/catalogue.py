@@ -6,13 +6,13 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import DomainError, ErrorCode, invalid_input, not_found
+from app.errors import DomainError, ErrorCode, invalid_input, not_found, parse_id
 from app.models import Event, EventStatus, Seat, SeatStatus, Venue, utcnow
 from app.services import inventory
 
@@ -22,6 +22,8 @@ MAX_SECTIONS = 100
 MAX_ROWS_PER_SECTION = 50
 MAX_CAPACITY = 1_000_000
 MAX_TICKETS_PER_BOOKING = 100
+# A booking's total (price x places) must fit the contract's 32-bit Int `totalCents`.
+MAX_PRICE_CENTS = 21_000_000  # x MAX_TICKETS_PER_BOOKING <= 2**31 - 1
 MAX_PAGE_SIZE = 100
 # Event.seats pages: one is what a seat-map client reads per request, and the cost limit counts.
 SEATS_PAGE_SIZE = 5000
@@ -50,7 +52,7 @@ def _int_in(field: str, value: int, low: int, high: int) -> int:
 
 
 def _aware(field: str, value: datetime) -> datetime:
-    if value.tzinfo is None:
+    if value.tzinfo is None or value.utcoffset() is None:
         raise invalid_input(field, f"{field} must include a timezone")
     return value
 
@@ -90,7 +92,7 @@ def _check_seat_map(sections: list[Section]) -> list[dict[str, Any]]:
         if name in names:
             raise invalid_input("seatMap.name", f"Section {name!r} appears twice")
         names.add(name)
-        _int_in("seatMap.priceCents", section.price_cents, 0, 100_000_000)
+        _int_in("seatMap.priceCents", section.price_cents, 0, MAX_PRICE_CENTS)
         if not section.rows:
             raise invalid_input("seatMap.rows", f"Section {name!r} has no rows")
         if len(section.rows) > MAX_ROWS_PER_SECTION:
@@ -166,7 +168,7 @@ async def create_event(
         _int_in("capacity", capacity, 1, MAX_CAPACITY)
         if price_cents is None:
             raise invalid_input("priceCents", "priceCents is required for general admission")
-        _int_in("priceCents", price_cents, 0, 100_000_000)
+        _int_in("priceCents", price_cents, 0, MAX_PRICE_CENTS)
         stored_map = None
     else:
         if price_cents is not None:
@@ -247,7 +249,7 @@ async def update_event(
     if "price_cents" in changes:
         if event.is_seated:
             raise invalid_input("priceCents", "Seated events take their prices from the seat map")
-        event.price_cents = _int_in("priceCents", changes["price_cents"], 0, 100_000_000)
+        event.price_cents = _int_in("priceCents", changes["price_cents"], 0, MAX_PRICE_CENTS)
     starts_at = changes.get("starts_at", event.starts_at)
     ends_at = changes.get("ends_at", event.ends_at)
     _check_times(starts_at, ends_at)
@@ -302,11 +304,17 @@ def _encode_cursor(event: Event) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """A cursor is the client's text: anything that is not exactly what _encode_cursor makes
+    (an aware time that converts to UTC, a valid id) is refused, never handed to the database."""
+    refused = invalid_input("after", "Not a cursor from this list")
     try:
         starts_at, _, event_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(starts_at), int(event_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise invalid_input("after", "Not a cursor from this list") from None
+        when = datetime.fromisoformat(starts_at)
+        if when.utcoffset() is None:
+            raise refused
+        return when.astimezone(UTC), parse_id(event_id, "after")
+    except (ValueError, OverflowError, binascii.Error, UnicodeError, DomainError):
+        raise refused from None
 
 
 def _filtered(query: Select[Any], flt: EventFilter, *, include_drafts: bool, dialect: str) -> Select[Any]:
