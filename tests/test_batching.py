@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.errors import DomainError, ErrorCode
@@ -153,6 +154,20 @@ async def test_a_batch_whose_transaction_fails_fails_every_buyer_and_leaves_noth
     async with sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(IdempotencyKey)) == 0
     assert published.versions(event.id) == [event.version + 2]  # the bystander's alone
+
+
+async def test_a_buyer_whose_rows_cannot_be_written_fails_alone(
+        batcher: ReserveBatcher, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=50)
+    first, gone, other = await make_users(sessionmaker, 3)
+    async with sessionmaker() as session:  # an account deleted while its token is still valid
+        await session.execute(text("DELETE FROM users WHERE id = :id"), {"id": gone.id})
+        await session.commit()
+    answers = await submit_in_order(batcher, event.id, [
+        HoldRequest(first.id, 1), HoldRequest(gone.id, 2), HoldRequest(other.id, 3)], engine)
+    assert isinstance(answers[0], Booking) and isinstance(answers[2], Booking)
+    assert isinstance(answers[1], IntegrityError)  # run_mutation tells its caller UNAUTHENTICATED
+    assert await assert_inventory_truth(sessionmaker, event.id) == 4
 
 
 async def test_idempotent_replays_inside_and_across_batches(

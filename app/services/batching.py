@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import metrics
@@ -78,6 +79,15 @@ class ReserveBatcher:
                     session, event_id=event_id, requests=[waiting.request for waiting in batch],
                     holds=self._holds, known_general=event_id in self._general)
                 await session.commit()
+        except IntegrityError as error:
+            if len(batch) > 1:
+                # One buyer's rows could not be written (its account was deleted, say): the
+                # others must not fail with it. Each goes again alone.
+                for waiting in batch:
+                    await self._serve(event_id, [waiting])
+                return
+            batch[0].answer.set_exception(error)
+            return
         except Exception as error:
             # The transaction failed as a whole: nothing of it stands, and every buyer in it is
             # told so (as their own request's failure would have).
