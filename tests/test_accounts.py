@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import jwt
@@ -96,6 +97,18 @@ def _forged_tokens(user_id: str) -> dict[str, str]:
         "alg none": jwt.encode(claims, None, algorithm="none"),
         "garbage": "abc.def.ghi",
     }
+
+
+async def test_a_token_accepted_before_is_refused_once_it_expires(gql: GraphQLClient) -> None:
+    """Verified tokens are remembered; their expiry is still checked at every use."""
+    user_id = (await register(gql))["user"]["id"]
+    now = utcnow()
+    token = jwt.encode({"sub": user_id, "role": "USER", "typ": "access", "iat": now,
+                        "exp": now + timedelta(seconds=1)}, JWT_SECRET, algorithm="HS256")
+    assert (await gql(ME, token=token))["me"] is not None
+    await asyncio.sleep(max(0.0, (now + timedelta(seconds=1.2) - utcnow()).total_seconds()))
+    response = await gql.http.post("/graphql", json={"query": ME}, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
 
 
 async def test_forged_expired_and_unsigned_tokens_are_unauthenticated(gql: GraphQLClient) -> None:

@@ -74,6 +74,15 @@ async def test_variables_fragments_and_defaults_are_counted(settings: Settings, 
             == ["QUERY_TOO_COSTLY"]
 
 
+async def test_a_document_first_sent_with_bad_variables_is_still_costed(settings: Settings, engine: Any) -> None:
+    """Costs are remembered per document and page size; a failed costing is not."""
+    query = 'query($n: Int!, $e: ID!) { event(id: $e) { seats(first: $n) { id label } } }'
+    async with running_app(replace(settings, max_query_cost=1000)) as (_, gql):
+        assert (await gql.raw(query, {"n": 500, "e": None}))["data"] is None  # does not coerce
+        assert codes(await gql.raw(query, {"n": 500, "e": "1"})) == ["QUERY_TOO_COSTLY"]
+        assert (await gql.raw(query, {"n": 10, "e": "1"}))["extensions"]["cost"]["requested"] == 1 + 1 + 10 * 2
+
+
 async def test_a_fragment_bomb_is_costed_quickly_and_refused(gql: GraphQLClient) -> None:
     levels = 16  # 65,536 spreads of seats if expanded
     fragments = [f"fragment f{i} on Event {{ ...f{i + 1} ...f{i + 1} }}" for i in range(levels)]

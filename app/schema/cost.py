@@ -7,10 +7,13 @@ what the answer can hold, so such a document is refused before a single row is r
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from graphql import (
+    ArgumentNode,
     DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
@@ -25,9 +28,13 @@ from graphql import (
     InlineFragmentNode,
     OperationDefinitionNode,
     SelectionSetNode,
+    VariableNode,
+    Visitor,
     get_named_type,
     get_nullable_type,
+    parse,
     value_from_ast,
+    visit,
 )
 from graphql.execution.values import get_variable_values
 from strawberry.extensions import SchemaExtension
@@ -130,6 +137,40 @@ def document_cost(schema: GraphQLSchema, document: DocumentNode, operation_name:
     return total
 
 
+COSTS_KEPT = 512  # as many as the documents parsed and validated once (app/schema/schema.py)
+_costs: dict[tuple[str, str | None, str], int] = {}
+
+
+def _cost(schema: GraphQLSchema, query: str, document: DocumentNode, operation_name: str | None,
+          variables: dict[str, Any] | None) -> int | None:
+    """`document_cost`, worked out once per document and page sizes asked for: a document
+    costs the same whatever else its variables say (which event, which seats)."""
+    sizes = {name: (variables or {}).get(name) for name in _page_size_variables(query)}
+    key = (query, operation_name, json.dumps(sizes, sort_keys=True, default=str))
+    cost = _costs.get(key)
+    if cost is None:
+        cost = document_cost(schema, document, operation_name, variables)
+        if cost is not None:  # not for variables that do not coerce: those say nothing of valid ones
+            if len(_costs) >= COSTS_KEPT:
+                _costs.clear()
+            _costs[key] = cost
+    return cost
+
+
+@functools.lru_cache(maxsize=COSTS_KEPT)
+def _page_size_variables(query: str) -> frozenset[str]:
+    """The variables a document of that text passes as `first` (of any field)."""
+    found: set[str] = set()
+
+    class Pages(Visitor):
+        def enter_argument(self, node: ArgumentNode, *_: Any) -> None:
+            if node.name.value == "first" and isinstance(node.value, VariableNode):
+                found.add(node.value.name.value)
+
+    visit(parse(query), Pages())
+    return frozenset(found)
+
+
 class QueryCostLimit(SchemaExtension):
     """Refuses a document costing more than `max_cost` before it runs, and reports what an
     accepted query or mutation cost in the response's `extensions.cost`. Must come after
@@ -142,8 +183,8 @@ class QueryCostLimit(SchemaExtension):
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
         if context.pre_execution_errors == [] and context.graphql_document is not None:
-            self.cost = document_cost(context.schema._schema, context.graphql_document,
-                                      context.operation_name, context.variables)
+            self.cost = _cost(context.schema._schema, context.query or "", context.graphql_document,
+                              context.operation_name, context.variables)
             if self.cost is not None and self.cost > self.max_cost:
                 context.pre_execution_errors = [GraphQLError(
                     f"This document may cost {self.cost} points, over the limit of {self.max_cost}: "

@@ -4,6 +4,7 @@ with the document limits and the error masking every operation goes through."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ from graphql import (
     OperationDefinitionNode,
     StringValueNode,
     Visitor,
+    parse,
     visit,
 )
 from strawberry.extensions import (
@@ -105,7 +107,7 @@ class RefuseUnstorableText(SchemaExtension):
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
         if _unstorable_variables(context.variables) or (
-                context.graphql_document is not None and _unstorable_literals(context.graphql_document)):
+                context.graphql_document is not None and _unstorable_literals(context.query or "")):
             # Set before validation runs: strawberry then skips it and answers with these.
             context.pre_execution_errors = [GraphQLError(
                 "Text may not contain NUL characters or unpaired surrogates",
@@ -145,9 +147,11 @@ class _StringLiterals(Visitor):
         return None
 
 
-def _unstorable_literals(document: Any) -> bool:
+@functools.lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
+def _unstorable_literals(query: str) -> bool:
+    """Of a document that parses: a fact of its text, so worked out once per document."""
     visitor = _StringLiterals()
-    visit(document, visitor)
+    visit(parse(query), visitor)
     return visitor.found
 
 
