@@ -55,8 +55,11 @@ class Settings:
     waitlist_offer_ttl_seconds: int = 600
     reserve_rate_limit_per_minute: int = 10
     mutation_rate_limit_per_minute: int = 120  # every mutation, per user (per IP when anonymous)
-    login_rate_limit_per_minute: int = 10  # login attempts per email
-    login_ip_rate_limit_per_minute: int = 30  # login attempts per client IP
+    login_rate_limit_per_minute: int = 10  # login attempts per email from one client address
+    login_ip_rate_limit_per_minute: int = 30  # login attempts per client address, any email
+    # Per email from every address: stops guessing spread over many addresses, and is high
+    # enough that a few addresses cannot lock the owner out (their own address has its own limit).
+    login_account_rate_limit_per_minute: int = 100
     sweep_interval_seconds: float = 5.0
     host: str = "127.0.0.1"
     port: int = 8000
@@ -103,6 +106,7 @@ _FIELDS = {
     "MUTATION_RATE_LIMIT_PER_MINUTE": ("mutation_rate_limit_per_minute", int),
     "LOGIN_RATE_LIMIT_PER_MINUTE": ("login_rate_limit_per_minute", int),
     "LOGIN_IP_RATE_LIMIT_PER_MINUTE": ("login_ip_rate_limit_per_minute", int),
+    "LOGIN_ACCOUNT_RATE_LIMIT_PER_MINUTE": ("login_account_rate_limit_per_minute", int),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds", float),
     "HOST": ("host", str),
     "PORT": ("port", int),

@@ -3,12 +3,24 @@ spoofed addresses, requests the event can never serve."""
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+import redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.errors import DomainError, ErrorCode
 from app.services import waitlist
+from app.services.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from app.settings import Settings
+from tests.conftest import REDIS_PREFIX, GraphQLClient, running_app
 from tests.factories import make_event, make_user
+from tests.test_accounts import LOGIN, LOGOUT, REFRESH, REGISTER
 
 
 async def test_waitlist_refuses_more_places_than_the_event_has(
@@ -19,3 +31,100 @@ async def test_waitlist_refuses_more_places_than_the_event_has(
         with pytest.raises(DomainError) as refused:
             await waitlist.join(session, user_id=user.id, event_id=event.id, quantity=4)
     assert (refused.value.code, refused.value.field) == (ErrorCode.LIMIT_EXCEEDED, "quantity")
+
+
+# --- accounts: bounded inputs, hashed counters, no lockout by strangers -------------------------
+
+@contextlib.asynccontextmanager
+async def from_address(app: Any, address: str) -> AsyncIterator[GraphQLClient]:
+    """A client of the in-process `app` that connects from `address`."""
+    transport = httpx.ASGITransport(app=app, client=(address, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield GraphQLClient(http)
+
+
+async def login_codes(gql: GraphQLClient, email: str, password: str) -> list[str]:
+    payload = (await gql(LOGIN, {"input": {"email": email, "password": password}}))["login"]
+    return [error["code"] for error in payload["errors"]]
+
+
+OWNER = {"email": "owner@example.com", "password": "the owner's password", "name": "Owner"}
+
+
+async def test_oversized_account_inputs_are_refused_and_counters_stay_small(
+        settings: Settings, engine: AsyncEngine, redis_url: str) -> None:
+    huge = "x" * 200_000
+    async with running_app(replace(settings, redis_url=redis_url)) as (_, gql):
+        assert (await gql(REGISTER, {"input": OWNER}))["register"]["errors"] == []
+        for variables in ({"email": huge + "@example.com", "password": "long enough"},
+                          {"email": OWNER["email"], "password": huge}):
+            [error] = (await gql(LOGIN, {"input": variables}))["login"]["errors"]
+            assert error["code"] == "INVALID_INPUT" and error["field"] in variables
+        for mutation, field in ((REGISTER, "email"), (REGISTER, "password"), (REGISTER, "name")):
+            [error] = (await gql(mutation, {"input": {**OWNER, field: huge}}))["register"]["errors"]
+            assert (error["code"], error["field"]) == ("INVALID_INPUT", field)
+        for mutation, name in ((REFRESH, "refreshToken"), (LOGOUT, "logout")):
+            [error] = next(iter((await gql(mutation, {"t": huge})).values()))["errors"]
+            assert error["code"] == "INVALID_INPUT", name
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(f"{REDIS_PREFIX}ratelimit:*", count=1000))
+    finally:
+        client.close()
+    assert keys and max(map(len, keys)) < 100  # a hash, not the email
+
+
+async def test_strangers_guessing_from_many_addresses_cannot_lock_the_owner_out(
+        settings: Settings, engine: AsyncEngine) -> None:
+    limited = replace(settings, login_rate_limit_per_minute=3, login_account_rate_limit_per_minute=50)
+    async with running_app(limited) as (app, gql):
+        assert (await gql(REGISTER, {"input": OWNER}))["register"]["errors"] == []
+        for number in range(10):  # 30 wrong passwords, 3 from each address
+            async with from_address(app, f"203.0.113.{number}") as stranger:
+                for _ in range(3):
+                    assert await login_codes(stranger, OWNER["email"], "a wrong guess") == ["INVALID_CREDENTIALS"]
+                # One address is limited, even with the right password.
+                assert await login_codes(stranger, OWNER["email"], OWNER["password"]) == ["RATE_LIMITED"]
+        async with from_address(app, "198.51.100.7") as owner:
+            assert await login_codes(owner, OWNER["email"], OWNER["password"]) == []
+
+
+async def test_guessing_spread_over_many_addresses_meets_the_account_ceiling(
+        settings: Settings, engine: AsyncEngine) -> None:
+    async with running_app(replace(settings, login_account_rate_limit_per_minute=5)) as (app, gql):
+        assert (await gql(REGISTER, {"input": OWNER}))["register"]["errors"] == []
+        outcomes = []
+        for number in range(7):
+            async with from_address(app, f"203.0.113.{number}") as stranger:
+                outcomes += await login_codes(stranger, OWNER["email"], "a wrong guess")
+        assert outcomes == ["INVALID_CREDENTIALS"] * 5 + ["RATE_LIMITED"] * 2
+
+
+async def test_calls_refused_by_one_limit_count_against_no_other(
+        settings: Settings, engine: AsyncEngine) -> None:
+    limited = replace(settings, login_ip_rate_limit_per_minute=2, login_rate_limit_per_minute=5,
+                      login_account_rate_limit_per_minute=5)
+    async with running_app(limited) as (app, gql):
+        assert (await gql(REGISTER, {"input": OWNER}))["register"]["errors"] == []
+        async with from_address(app, "203.0.113.1") as stranger:
+            outcomes = [code for _ in range(20) for code in await login_codes(stranger, OWNER["email"], "a guess")]
+        assert outcomes == ["INVALID_CREDENTIALS"] * 2 + ["RATE_LIMITED"] * 18
+        # The 18 refused guesses did not use up the account's ceiling of 5.
+        async with from_address(app, "198.51.100.7") as owner:
+            assert await login_codes(owner, OWNER["email"], OWNER["password"]) == []
+
+
+@pytest.mark.parametrize("limiter", ["memory", "redis"])
+async def test_a_refused_call_is_not_counted(limiter: str, request: pytest.FixtureRequest) -> None:
+    limiters = {"memory": MemoryRateLimiter,
+                "redis": lambda: RedisRateLimiter(request.getfixturevalue("redis_url"), prefix=REDIS_PREFIX)}
+    counted = limiters[limiter]()
+    key = f"test:{uuid.uuid4()}"
+    try:
+        assert await counted.hit([(key, 1), (f"{key}:other", 2)], window_seconds=60) is None
+        for _ in range(5):  # refused by the first limit
+            assert await counted.hit([(key, 1), (f"{key}:other", 2)], window_seconds=60) is not None
+        assert await counted.hit([(f"{key}:other", 2)], window_seconds=60) is None
+    finally:
+        if isinstance(counted, RedisRateLimiter):
+            await counted.close()

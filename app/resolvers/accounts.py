@@ -41,11 +41,16 @@ class AccountMutation:
         async def work(session: AsyncSession) -> AuthPayload:
             return _signed_in(await accounts.login(
                 session, email=input.email, password=input.password, settings=info.context.settings))
-        # Against password guessing: per account, and per client across accounts.
-        settings = info.context.settings
+        # Against password guessing: per account from this address, per address across accounts,
+        # and a higher ceiling per account from everywhere. A wrong guess from elsewhere only
+        # spends that ceiling, so strangers cannot lock the owner out from a few addresses.
+        settings, address = info.context.settings, info.context.client_ip
+        email = input.email.strip().lower()
         return await run_mutation(info, AuthPayload, work, limits=[
-            (f"login:email:{input.email.strip().lower()}", settings.login_rate_limit_per_minute),
-            (f"login:ip:{info.context.client_ip}", settings.login_ip_rate_limit_per_minute)])
+            # The address comes first: an email (the caller's choice) cannot make one key look like another.
+            (f"login:pair:{address}:{email}", settings.login_rate_limit_per_minute),
+            (f"login:ip:{address}", settings.login_ip_rate_limit_per_minute),
+            (f"login:email:{email}", settings.login_account_rate_limit_per_minute)])
 
     @strawberry.mutation(description="Rotate: the refresh token given dies, a new pair is issued.")
     async def refresh_token(self, info: strawberry.Info, refresh_token: str) -> AuthPayload:

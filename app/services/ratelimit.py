@@ -1,8 +1,14 @@
 """Per-caller rate limits: fixed windows counted in Redis (shared by every instance) or in
-this process (embedded mode). Losing Redis must not stop sales, so its limiter fails open."""
+this process (embedded mode). Losing Redis must not stop sales, so its limiter fails open.
+
+Keys are stored as a hash of fixed length, whatever the caller put in them (an email, an
+address). A call refused by any of its limits counts against none of them: otherwise a caller
+refused by its own limit would still spend the budget of others (an attacker over its address
+limit would keep using up the limit of the account it attacks)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -29,6 +35,10 @@ class RateLimiter(Protocol):
         the window reopens."""
 
 
+def _stored_key(key: str) -> str:
+    return hashlib.sha256(key.encode(errors="surrogatepass")).hexdigest()[:32]
+
+
 def _window(window_seconds: int, now: float) -> tuple[int, float]:
     number = int(now // window_seconds)
     return number, (number + 1) * window_seconds - now
@@ -44,11 +54,12 @@ class MemoryRateLimiter:
         number, remaining = _window(window_seconds, time.time())
         if len(self._counts) > self.MAX_KEYS:  # forget finished windows
             self._counts = {k: v for k, v in self._counts.items() if k[1] >= number}
-        exceeded = False
-        for key, limit in limits:
-            count = self._counts[(key, number)] = self._counts.get((key, number), 0) + 1
-            exceeded = exceeded or count > limit
-        return remaining if exceeded else None
+        counters = [(_stored_key(key), number) for key, _ in limits]
+        if any(self._counts.get(counter, 0) >= limit for counter, (_, limit) in zip(counters, limits, strict=True)):
+            return remaining
+        for counter in counters:
+            self._counts[counter] = self._counts.get(counter, 0) + 1
+        return None
 
 
 class RedisRateLimiter:
@@ -61,18 +72,25 @@ class RedisRateLimiter:
 
     async def hit(self, limits: Sequence[Limit], *, window_seconds: int) -> float | None:
         number, remaining = _window(window_seconds, time.time())
+        counters = [f"{self._prefix}ratelimit:{_stored_key(key)}:{number}" for key, _ in limits]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:  # one round trip for all
-                for key, _ in limits:
-                    counter = f"{self._prefix}ratelimit:{key}:{number}"
-                    pipe.incr(counter)
-                    pipe.expire(counter, window_seconds + 1)
-                replies = await pipe.execute()
+            # One round trip for all; a refused call takes its counts back in a second one
+            # (counting first keeps the common case at one trip, without a script).
+            counts = (await self._run(counters, window_seconds, increment=1))[::2]
+            if not any(count > limit for count, (_, limit) in zip(counts, limits, strict=True)):
+                return None
+            await self._run(counters, window_seconds, increment=-1)
         except (RedisError, OSError) as error:
             logger.warning("Rate limiting skipped, Redis unreachable: %s", error)
             return None
-        counts = replies[::2]
-        return remaining if any(count > limit for count, (_, limit) in zip(counts, limits, strict=True)) else None
+        return remaining
+
+    async def _run(self, counters: Sequence[str], window_seconds: int, *, increment: int) -> list[int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for counter in counters:
+                pipe.incrby(counter, increment)
+                pipe.expire(counter, window_seconds + 1)
+            return list(await pipe.execute())
 
     async def close(self) -> None:
         await self._redis.aclose()
