@@ -74,6 +74,14 @@ class Settings:
     db_max_overflow: int = 20
     # Off in production to hide the schema from strangers (clients ship their documents).
     graphql_introspection: bool = True
+    # Addresses or CIDRs (comma-separated) of the proxies whose X-Forwarded-For names the
+    # client; empty: the header is ignored, since any client could write it.
+    trusted_proxies: str = ""
+    websockets_per_address: int = 50  # open websockets per client address, in each worker
+    # A request's line and headers, and then its body, must arrive within these (slow clients
+    # otherwise hold a connection as long as they like).
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 20.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -119,6 +127,10 @@ _FIELDS = {
     "DB_POOL_SIZE": ("db_pool_size", int),
     "DB_MAX_OVERFLOW": ("db_max_overflow", int),
     "GRAPHQL_INTROSPECTION": ("graphql_introspection", boolean),
+    "TRUSTED_PROXIES": ("trusted_proxies", str),
+    "WEBSOCKETS_PER_ADDRESS": ("websockets_per_address", int),
+    "HEADER_TIMEOUT_SECONDS": ("header_timeout_seconds", float),
+    "BODY_TIMEOUT_SECONDS": ("body_timeout_seconds", float),
 }
 
 

@@ -3,16 +3,20 @@ spoofed addresses, requests the event can never serve."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from websockets.exceptions import InvalidStatus
 
 from app.errors import DomainError, ErrorCode
 from app.services import waitlist
@@ -20,6 +24,7 @@ from app.services.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from app.settings import Settings
 from tests.conftest import REDIS_PREFIX, GraphQLClient, running_app
 from tests.factories import make_event, make_user
+from tests.servers import MESSAGE_TIMEOUT, AppProcess, http_client, init_connection
 from tests.test_accounts import LOGIN, LOGOUT, REFRESH, REGISTER
 
 
@@ -128,3 +133,104 @@ async def test_a_refused_call_is_not_counted(limiter: str, request: pytest.Fixtu
     finally:
         if isinstance(counted, RedisRateLimiter):
             await counted.close()
+
+
+# --- connections: slow clients, websockets per address, forwarded addresses ---------------------
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, postgres_database: str, redis_url: str, **env: str) -> AsyncIterator[AppProcess]:
+    server = AppProcess(database_url=postgres_database, redis_url=redis_url, log_path=tmp_path / "server.log")
+    server.env.update(env)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+
+
+async def cut_off(server: AppProcess, head: bytes, trickle: bytes) -> bytes:
+    """Send `head`, then `trickle` a byte at a time, until the server closes the connection;
+    returns what it answered. A server that keeps the connection fails the test (a hang)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+
+    async def dribble() -> None:
+        writer.write(head)
+        for byte in trickle:
+            await asyncio.sleep(0.2)
+            writer.write(bytes([byte]))
+            await writer.drain()
+
+    sending = asyncio.create_task(dribble())
+    try:
+        async with asyncio.timeout(MESSAGE_TIMEOUT):
+            return await reader.read()  # until the server closes
+    finally:
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await sending
+        writer.close()
+
+
+async def test_slow_headers_and_bodies_are_cut_off(postgres_database: str, redis_url: str, tmp_path: Path) -> None:
+    async with serving(tmp_path, postgres_database, redis_url,
+                       HEADER_TIMEOUT_SECONDS="1", BODY_TIMEOUT_SECONDS="1") as server:
+        endless = b"x" * 1000  # 200 s at 5 bytes a second
+        assert (await cut_off(server, b"", b"")).startswith(b"HTTP/1.1 408")  # never says a word
+        slow_head = await cut_off(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ", endless)
+        assert slow_head.startswith(b"HTTP/1.1 408")
+        slow_body = await cut_off(server, b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                          b"Content-Length: 1000\r\n\r\n", endless)
+        assert slow_body.startswith(b"HTTP/1.1 408")
+        # A request head may not be unbounded either.
+        huge_head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"y" * 100_000 + b"\r\n\r\n"
+        assert (await cut_off(server, huge_head, b"")).startswith(b"HTTP/1.1 400")
+        # Timely requests, and websockets (which outlive the deadlines), are unaffected.
+        async with http_client(server.http_url) as gql:
+            assert (await gql.http.get("/healthz")).status_code == 200
+        ws = await init_connection(server.ws_url)
+        try:
+            assert json.loads(await asyncio.wait_for(ws.recv(), MESSAGE_TIMEOUT))["type"] == "connection_ack"
+            await asyncio.sleep(2.5)
+            await asyncio.wait_for(await ws.ping(), MESSAGE_TIMEOUT)
+        finally:
+            await ws.close()
+
+
+async def test_websockets_are_capped_per_client_address(postgres_database: str, redis_url: str,
+                                                        tmp_path: Path) -> None:
+    async with serving(tmp_path, postgres_database, redis_url, WEBSOCKETS_PER_ADDRESS="2") as server:
+        first, second = [await init_connection(server.ws_url) for _ in range(2)]
+        try:
+            with pytest.raises(InvalidStatus) as refused:
+                await init_connection(server.ws_url)
+            assert refused.value.response.status_code == 403
+            await first.close()
+            await asyncio.sleep(0.2)  # let the server see the close
+            again = await init_connection(server.ws_url)
+            assert json.loads(await asyncio.wait_for(again.recv(), MESSAGE_TIMEOUT))["type"] == "connection_ack"
+            await again.close()
+        finally:
+            await first.close()
+            await second.close()
+
+
+async def login_from(server: AppProcess, forwarded_for: str) -> list[str]:
+    query = 'mutation { login(input: {email: "nobody@example.com", password: "wrong"}) { errors { code } } }'
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=MESSAGE_TIMEOUT) as http:
+        response = await http.post("/graphql", json={"query": query}, headers={"X-Forwarded-For": forwarded_for})
+    return [error["code"] for error in response.json()["data"]["login"]["errors"]]
+
+
+async def test_forwarded_addresses_are_believed_from_trusted_proxies_only(
+        postgres_database: str, redis_url: str, tmp_path: Path) -> None:
+    limits = {"LOGIN_IP_RATE_LIMIT_PER_MINUTE": "2", "LOGIN_RATE_LIMIT_PER_MINUTE": "1000",
+              "LOGIN_ACCOUNT_RATE_LIMIT_PER_MINUTE": "1000"}
+    # Nobody trusted (the default): a client naming a new address each time is still one address.
+    async with serving(tmp_path, postgres_database, redis_url, **limits) as server:
+        assert [await login_from(server, f"203.0.113.{n}") for n in range(3)] == \
+            [["INVALID_CREDENTIALS"]] * 2 + [["RATE_LIMITED"]]
+    # Behind a trusted proxy, each client it names is counted on its own; a repeat is limited.
+    async with serving(tmp_path, postgres_database, redis_url, TRUSTED_PROXIES="127.0.0.1/32", **limits) as server:
+        assert [await login_from(server, f"198.51.100.{n}") for n in range(3)] == [["INVALID_CREDENTIALS"]] * 3
+        assert [await login_from(server, "198.51.100.0") for _ in range(2)] == \
+            [["INVALID_CREDENTIALS"], ["RATE_LIMITED"]]
