@@ -57,8 +57,8 @@ class Settings:
     mutation_rate_limit_per_minute: int = 120  # every mutation, per user (per IP when anonymous)
     login_rate_limit_per_minute: int = 10  # login attempts per email from one client address
     login_ip_rate_limit_per_minute: int = 30  # login attempts per client address, any email
-    # Per email from every address: stops guessing spread over many addresses, and is high
-    # enough that a few addresses cannot lock the owner out (their own address has its own limit).
+    # Per email from every address: stops guessing spread over many addresses. Addresses the
+    # account signed in from are spared, so strangers cannot lock the owner out with it.
     login_account_rate_limit_per_minute: int = 100
     sweep_interval_seconds: float = 5.0
     host: str = "127.0.0.1"

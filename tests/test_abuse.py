@@ -94,15 +94,22 @@ async def test_strangers_guessing_from_many_addresses_cannot_lock_the_owner_out(
             assert await login_codes(owner, OWNER["email"], OWNER["password"]) == []
 
 
-async def test_guessing_spread_over_many_addresses_meets_the_account_ceiling(
+async def test_guessing_spread_over_many_addresses_meets_the_account_ceiling_which_spares_the_owner(
         settings: Settings, engine: AsyncEngine) -> None:
     async with running_app(replace(settings, login_account_rate_limit_per_minute=5)) as (app, gql):
         assert (await gql(REGISTER, {"input": OWNER}))["register"]["errors"] == []
+        async with from_address(app, "198.51.100.7") as owner:  # where the owner signs in (1 of 5)
+            assert await login_codes(owner, OWNER["email"], OWNER["password"]) == []
         outcomes = []
         for number in range(7):
             async with from_address(app, f"203.0.113.{number}") as stranger:
                 outcomes += await login_codes(stranger, OWNER["email"], "a wrong guess")
-        assert outcomes == ["INVALID_CREDENTIALS"] * 5 + ["RATE_LIMITED"] * 2
+        assert outcomes == ["INVALID_CREDENTIALS"] * 4 + ["RATE_LIMITED"] * 3
+        # The ceiling holds for every address but those the account signed in from.
+        async with from_address(app, "198.51.100.8") as elsewhere:
+            assert await login_codes(elsewhere, OWNER["email"], OWNER["password"]) == ["RATE_LIMITED"]
+        async with from_address(app, "198.51.100.7") as owner:
+            assert await login_codes(owner, OWNER["email"], OWNER["password"]) == []
 
 
 async def test_calls_refused_by_one_limit_count_against_no_other(
@@ -120,7 +127,8 @@ async def test_calls_refused_by_one_limit_count_against_no_other(
 
 
 @pytest.mark.parametrize("limiter", ["memory", "redis"])
-async def test_a_refused_call_is_not_counted(limiter: str, request: pytest.FixtureRequest) -> None:
+async def test_a_refused_call_is_not_counted_and_a_remembered_key_lapses(
+        limiter: str, request: pytest.FixtureRequest) -> None:
     limiters = {"memory": MemoryRateLimiter,
                 "redis": lambda: RedisRateLimiter(request.getfixturevalue("redis_url"), prefix=REDIS_PREFIX)}
     counted = limiters[limiter]()
@@ -130,6 +138,11 @@ async def test_a_refused_call_is_not_counted(limiter: str, request: pytest.Fixtu
         for _ in range(5):  # refused by the first limit
             assert await counted.hit([(key, 1), (f"{key}:other", 2)], window_seconds=60) is not None
         assert await counted.hit([(f"{key}:other", 2)], window_seconds=60) is None
+        assert not await counted.recalls(key)
+        await counted.remember(key, seconds=1)
+        assert await counted.recalls(key)
+        await asyncio.sleep(2.5)
+        assert not await counted.recalls(key)
     finally:
         if isinstance(counted, RedisRateLimiter):
             await counted.close()

@@ -34,6 +34,12 @@ class RateLimiter(Protocol):
         """Count one call against each limit; None when all allow it, else the seconds until
         the window reopens."""
 
+    async def remember(self, key: str, *, seconds: int) -> None:
+        """Note `key` for `seconds` (an exemption a later call may ask about)."""
+
+    async def recalls(self, key: str) -> bool:
+        """Whether `key` was remembered and has not lapsed."""
+
 
 def _stored_key(key: str) -> str:
     return hashlib.sha256(key.encode(errors="surrogatepass")).hexdigest()[:32]
@@ -49,6 +55,7 @@ class MemoryRateLimiter:
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, int], int] = {}
+        self._remembered: dict[str, float] = {}  # key -> when it lapses
 
     async def hit(self, limits: Sequence[Limit], *, window_seconds: int) -> float | None:
         number, remaining = _window(window_seconds, time.time())
@@ -60,6 +67,15 @@ class MemoryRateLimiter:
         for counter in counters:
             self._counts[counter] = self._counts.get(counter, 0) + 1
         return None
+
+    async def remember(self, key: str, *, seconds: int) -> None:
+        now = time.time()
+        if len(self._remembered) > self.MAX_KEYS:  # forget what has lapsed
+            self._remembered = {k: until for k, until in self._remembered.items() if until > now}
+        self._remembered[_stored_key(key)] = now + seconds
+
+    async def recalls(self, key: str) -> bool:
+        return self._remembered.get(_stored_key(key), 0.0) > time.time()
 
 
 class RedisRateLimiter:
@@ -84,6 +100,19 @@ class RedisRateLimiter:
             logger.warning("Rate limiting skipped, Redis unreachable: %s", error)
             return None
         return remaining
+
+    async def remember(self, key: str, *, seconds: int) -> None:
+        try:
+            await self._redis.set(f"{self._prefix}remembered:{_stored_key(key)}", 1, ex=seconds)
+        except (RedisError, OSError) as error:
+            logger.warning("Not remembered, Redis unreachable: %s", error)
+
+    async def recalls(self, key: str) -> bool:
+        try:
+            return bool(await self._redis.exists(f"{self._prefix}remembered:{_stored_key(key)}"))
+        except (RedisError, OSError) as error:  # then no limit holds anyway (hit fails open)
+            logger.warning("Nothing recalled, Redis unreachable: %s", error)
+            return False
 
     async def _run(self, counters: Sequence[str], window_seconds: int, *, increment: int) -> list[int]:
         async with self._redis.pipeline(transaction=False) as pipe:
