@@ -68,9 +68,9 @@ async def test_oversized_account_inputs_are_refused_and_counters_stay_small(
         for mutation, field in ((REGISTER, "email"), (REGISTER, "password"), (REGISTER, "name")):
             [error] = (await gql(mutation, {"input": {**OWNER, field: huge}}))["register"]["errors"]
             assert (error["code"], error["field"]) == ("INVALID_INPUT", field)
-        for mutation, name in ((REFRESH, "refreshToken"), (LOGOUT, "logout")):
-            [error] = next(iter((await gql(mutation, {"t": huge})).values()))["errors"]
-            assert error["code"] == "INVALID_INPUT", name
+        # A refresh token longer than ours is none of ours: refused, or nothing to log out, unread.
+        assert (await gql(REFRESH, {"t": huge}))["refreshToken"]["errors"][0]["code"] == "INVALID_TOKEN"
+        assert (await gql(LOGOUT, {"t": huge}))["logout"] == {"ok": True, "errors": []}
     client = redis.Redis.from_url(redis_url)
     try:
         keys = list(client.scan_iter(f"{REDIS_PREFIX}ratelimit:*", count=1000))
@@ -153,7 +153,8 @@ async def test_a_refused_call_is_not_counted_and_a_remembered_key_lapses(
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, postgres_database: str, redis_url: str, **env: str) -> AsyncIterator[AppProcess]:
     server = AppProcess(database_url=postgres_database, redis_url=redis_url, log_path=tmp_path / "server.log")
-    server.env.update(env)
+    # Counters of its own: other tests of this run count logins from 127.0.0.1 too.
+    server.env.update(REDIS_PREFIX=f"{REDIS_PREFIX}{uuid.uuid4().hex[:8]}:", **env)
     try:
         await server.start()
         yield server
