@@ -82,8 +82,12 @@ def serve(settings: Settings) -> None:
         share_metrics_between_workers(settings.port)
     print(f"GraphQL on http://{settings.host}:{settings.port}/graphql", file=sys.stderr)
     # No per-message deflate: it costs memory on every websocket, and updates are small.
+    # X-Forwarded-For is believed only from TRUSTED_PROXIES: from anyone else it is a header
+    # the client wrote, and per-address limits would count whatever address it names.
     uvicorn.run("app.web:create_app", factory=True, host=settings.host, port=settings.port,
                 workers=workers, ws_per_message_deflate=False, ws_max_size=MAX_WEBSOCKET_FRAME,
+                http="app.http_protocol:TimedHttpToolsProtocol",
+                proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies,
                 log_config=logging_config(json_lines=settings.production), access_log=False)
 
 

@@ -55,8 +55,11 @@ class Settings:
     waitlist_offer_ttl_seconds: int = 600
     reserve_rate_limit_per_minute: int = 10
     mutation_rate_limit_per_minute: int = 120  # every mutation, per user (per IP when anonymous)
-    login_rate_limit_per_minute: int = 10  # login attempts per email
-    login_ip_rate_limit_per_minute: int = 30  # login attempts per client IP
+    login_rate_limit_per_minute: int = 10  # login attempts per email from one client address
+    login_ip_rate_limit_per_minute: int = 30  # login attempts per client address, any email
+    # Per email from every address: stops guessing spread over many addresses. Addresses the
+    # account signed in from are spared, so strangers cannot lock the owner out with it.
+    login_account_rate_limit_per_minute: int = 100
     sweep_interval_seconds: float = 5.0
     host: str = "127.0.0.1"
     port: int = 8000
@@ -75,6 +78,14 @@ class Settings:
     db_max_overflow: int = 20
     # Off in production to hide the schema from strangers (clients ship their documents).
     graphql_introspection: bool = True
+    # Addresses or CIDRs (comma-separated) of the proxies whose X-Forwarded-For names the
+    # client; empty: the header is ignored, since any client could write it.
+    trusted_proxies: str = ""
+    websockets_per_address: int = 50  # open websockets per client address, in each worker
+    # A request's line and headers, and then its body, must arrive within these (slow clients
+    # otherwise hold a connection as long as they like).
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 20.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -107,6 +118,7 @@ _FIELDS = {
     "MUTATION_RATE_LIMIT_PER_MINUTE": ("mutation_rate_limit_per_minute", int),
     "LOGIN_RATE_LIMIT_PER_MINUTE": ("login_rate_limit_per_minute", int),
     "LOGIN_IP_RATE_LIMIT_PER_MINUTE": ("login_ip_rate_limit_per_minute", int),
+    "LOGIN_ACCOUNT_RATE_LIMIT_PER_MINUTE": ("login_account_rate_limit_per_minute", int),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds", float),
     "HOST": ("host", str),
     "PORT": ("port", int),
@@ -121,6 +133,10 @@ _FIELDS = {
     "DB_POOL_SIZE": ("db_pool_size", int),
     "DB_MAX_OVERFLOW": ("db_max_overflow", int),
     "GRAPHQL_INTROSPECTION": ("graphql_introspection", boolean),
+    "TRUSTED_PROXIES": ("trusted_proxies", str),
+    "WEBSOCKETS_PER_ADDRESS": ("websockets_per_address", int),
+    "HEADER_TIMEOUT_SECONDS": ("header_timeout_seconds", float),
+    "BODY_TIMEOUT_SECONDS": ("body_timeout_seconds", float),
 }
 
 

@@ -8,6 +8,7 @@ import gc
 import html
 import json
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -69,16 +70,28 @@ class GraphQLApp(GraphQL[Context, None]):
             max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION,
         )
         self.services = services
+        # Open websockets per client address, in this worker (each worker counts its own).
+        self.websockets_of: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
             await self._handle_http(scope, receive, send)
             return
+        address = scope["client"][0] if scope.get("client") else "unknown"
+        if self.websockets_of[address] >= self.services.settings.websockets_per_address:
+            # Closing before accepting refuses the upgrade: the client gets HTTP 403.
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1013})
+            return
+        self.websockets_of[address] += 1
         metrics.WEBSOCKETS.inc()
         try:
             await super().__call__(scope, receive, send)
         finally:
             metrics.WEBSOCKETS.dec()
+            self.websockets_of[address] -= 1
+            if not self.websockets_of[address]:
+                del self.websockets_of[address]
 
     async def _handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """strawberry's HTTP handling, with its refusals as GraphQL JSON errors (it answers them

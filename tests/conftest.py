@@ -46,7 +46,8 @@ def base_settings(**overrides: Any) -> Settings:
                                   argon2_time_cost=1, argon2_memory_cost=1024,
                                   sweep_interval_seconds=3600.0, reserve_rate_limit_per_minute=10_000,
                                   mutation_rate_limit_per_minute=10_000, login_rate_limit_per_minute=10_000,
-                                  login_ip_rate_limit_per_minute=10_000, query_rate_limit_per_minute=10_000)
+                                  login_ip_rate_limit_per_minute=10_000, login_account_rate_limit_per_minute=10_000,
+                                  query_rate_limit_per_minute=10_000)
     values.update(overrides)
     return Settings(**values)
 

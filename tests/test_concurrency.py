@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import DomainError, ErrorCode
 from app.models import Booking, BookingStatus, Event, Payment, Seat, SeatStatus, utcnow
-from app.services import bookings
+from app.services import bookings, catalogue
 from app.services.payments import MockGateway
 from tests.factories import SMALL_SEAT_MAP, identity_of, make_event, make_users
 
@@ -123,6 +123,22 @@ async def test_200_best_available_buyers_get_different_seats(
     assert taken == sum(b.quantity for b in ok)
     # Nobody was refused while a seat that fit was free: at most one seat is left over.
     assert taken >= 29
+
+
+async def test_racing_best_available_buyers_get_the_best_seats(
+        sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    # Rows of 10: every buyer's pair fits side by side in the front rows.
+    rows = [catalogue.SeatRow(label=label, seats=10) for label in "ABCDEFGH"]
+    event = await make_event(sessionmaker, seat_map=[catalogue.Section(name="Stalls", price_cents=5000, rows=rows)])
+    users = await make_users(sessionmaker, 20)
+    results = await race(sessionmaker, 20, reserve(event.id, users, quantity=2))
+    assert all(isinstance(r, Booking) for r in results), Counter(map(str, results))
+    assert await assert_inventory_truth(sessionmaker, event.id) == 40
+    async with sessionmaker() as session:
+        seats = (await session.execute(select(Seat.id, Seat.status).where(Seat.event_id == event.id)
+                                       .order_by(Seat.id))).all()
+    # No back-row seat went out while a front-row one stayed free: the 40 held are the first 40.
+    assert [status for _, status in seats] == [SeatStatus.HELD] * 40 + [SeatStatus.AVAILABLE] * 40
 
 
 async def test_50_buyers_racing_for_one_seat(sessionmaker: async_sessionmaker[AsyncSession]) -> None:

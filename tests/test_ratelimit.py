@@ -36,7 +36,8 @@ async def test_reserve_is_limited_per_user(settings: Settings, engine: AsyncEngi
         assert (await gql(RESERVE, variables, second))["reserveSeats"]["errors"] == []  # others unaffected
 
 
-async def test_login_is_limited_per_email_and_mutations_per_client(settings: Settings, engine: AsyncEngine) -> None:
+async def test_login_is_limited_per_email_and_address_and_mutations_per_client(
+        settings: Settings, engine: AsyncEngine) -> None:
     limited_settings = replace(settings, login_rate_limit_per_minute=2, mutation_rate_limit_per_minute=6)
     async with running_app(limited_settings) as (_, gql):
         account = {"email": "eve@example.com", "password": "right password", "name": "Eve"}
@@ -47,10 +48,12 @@ async def test_login_is_limited_per_email_and_mutations_per_client(settings: Set
         # Even the right password is refused once the account's attempts are used up.
         refused = (await gql(LOGIN, login))["login"]
         assert [e["code"] for e in refused["errors"]] == ["RATE_LIMITED"] and refused["accessToken"] is None
-        # Anonymous callers are counted by IP across every mutation: 4 used so far, 6 allowed.
+        # Anonymous callers are counted by IP across every mutation: 3 used so far (the refused
+        # login counts nowhere), 6 allowed.
         other = {"input": {**account, "email": "x@example.com"}}
         assert (await gql(REGISTER, other))["register"]["errors"] == []
-        assert (await gql(REGISTER, other))["register"]["errors"][0]["code"] == "EMAIL_TAKEN"
+        for _ in range(2):
+            assert (await gql(REGISTER, other))["register"]["errors"][0]["code"] == "EMAIL_TAKEN"
         assert (await gql(REGISTER, other))["register"]["errors"][0]["code"] == "RATE_LIMITED"
 
 
@@ -92,6 +95,7 @@ async def test_a_burst_from_one_user_is_limited_not_let_through(
         with caplog.at_level(logging.WARNING, logger="app.services.ratelimit"):
             answers = await asyncio.gather(*(gql(RESERVE, variables, token) for _ in range(1000)))
     codes = Counter(tuple(e["code"] for e in a["reserveSeats"]["errors"]) for a in answers)
-    assert codes[()] <= 10 and codes[()] + codes[("RATE_LIMITED",)] == 1000, codes
+    # Windows are fixed minutes: a burst that straddles the turn of one gets two windows' worth.
+    assert codes[()] <= 2 * 10 and codes[()] + codes[("RATE_LIMITED",)] == 1000, codes
     assert "Rate limiting skipped" not in caplog.text
     assert uncounted._value.get() == before

@@ -38,14 +38,23 @@ class AccountMutation:
 
     @strawberry.mutation
     async def login(self, info: strawberry.Info, input: LoginInput) -> AuthPayload:
+        settings, limiter, address = info.context.settings, info.context.services.limiter, info.context.client_ip
+        email = input.email.strip().lower()
+        # The address comes first: an email (the caller's choice) cannot make one key look like another.
+        known_address = f"login:known:{address}:{email}"
+
         async def work(session: AsyncSession) -> AuthPayload:
-            return _signed_in(await accounts.login(
-                session, email=input.email, password=input.password, settings=info.context.settings))
-        # Against password guessing: per account, and per client across accounts.
-        settings = info.context.settings
-        return await run_mutation(info, AuthPayload, work, limits=[
-            (f"login:email:{input.email.strip().lower()}", settings.login_rate_limit_per_minute),
-            (f"login:ip:{info.context.client_ip}", settings.login_ip_rate_limit_per_minute)])
+            signed_in = await accounts.login(session, email=email, password=input.password, settings=settings)
+            await limiter.remember(known_address, seconds=settings.refresh_token_ttl_seconds)
+            return _signed_in(signed_in)
+        # Against password guessing: per account from this address, per address across accounts,
+        # and a ceiling per account from everywhere, which addresses the account has signed in
+        # from (as long as a session lasts) are spared: strangers cannot lock the owner out.
+        limits = [(f"login:pair:{address}:{email}", settings.login_rate_limit_per_minute),
+                  (f"login:ip:{address}", settings.login_ip_rate_limit_per_minute)]
+        if not await limiter.recalls(known_address):
+            limits.append((f"login:email:{email}", settings.login_account_rate_limit_per_minute))
+        return await run_mutation(info, AuthPayload, work, limits=limits)
 
     @strawberry.mutation(description="Rotate: the refresh token given dies, a new pair is issued.")
     async def refresh_token(self, info: strawberry.Info, refresh_token: str) -> AuthPayload:

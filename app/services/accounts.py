@@ -29,9 +29,12 @@ from app.models import RefreshToken, Role, User, utcnow
 from app.settings import Settings
 
 EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+# Every text the accounts domain takes is bounded before it is hashed or queried.
+MAX_EMAIL_LENGTH = 254  # RFC 5321's limit for a path
 MIN_PASSWORD_LENGTH = 8
-MAX_PASSWORD_LENGTH = 256
+MAX_PASSWORD_LENGTH = 256  # argon2 pre-hashes the whole password: its cost grows with the length
 MAX_NAME_LENGTH = 200
+MAX_REFRESH_TOKEN_LENGTH = 128  # ours are 43 characters: a longer one is none of ours
 BAD_CREDENTIALS = "Email or password is incorrect"
 
 
@@ -67,9 +70,14 @@ def _password_hasher(settings: Settings) -> PasswordHasher:
     return _hasher(settings.argon2_time_cost, settings.argon2_memory_cost)
 
 
+def _check_length(field: str, value: str, maximum: int) -> None:
+    if len(value) > maximum:
+        raise invalid_input(field, f"Too long: at most {maximum} characters")
+
+
 def _normalise_email(email: str) -> str:
     email = email.strip().lower()
-    if len(email) > 254 or not EMAIL_PATTERN.match(email):
+    if len(email) > MAX_EMAIL_LENGTH or not EMAIL_PATTERN.match(email):
         raise invalid_input("email", "Enter a valid email address")
     return email
 
@@ -77,8 +85,7 @@ def _normalise_email(email: str) -> str:
 def _check_password(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise invalid_input("password", f"Password must be at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise invalid_input("password", f"Password must be at most {MAX_PASSWORD_LENGTH} characters")
+    _check_length("password", password, MAX_PASSWORD_LENGTH)
 
 
 def _check_name(name: str) -> str:
@@ -200,6 +207,8 @@ async def register(
 
 
 async def login(session: AsyncSession, *, email: str, password: str, settings: Settings) -> Session:
+    _check_length("email", email, MAX_EMAIL_LENGTH)
+    _check_length("password", password, MAX_PASSWORD_LENGTH)
     hasher = _password_hasher(settings)
     user = await session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None:
@@ -225,6 +234,8 @@ async def refresh(session: AsyncSession, *, refresh_token: str, settings: Settin
     """Rotate a refresh token: the presented one dies, a new one of its family is issued."""
     message = "This session has ended: sign in again"
     invalid = DomainError(ErrorCode.INVALID_TOKEN, message)
+    if len(refresh_token) > MAX_REFRESH_TOKEN_LENGTH:
+        raise invalid
     stored = await session.scalar(
         select(RefreshToken).where(RefreshToken.token_hash == _token_hash(refresh_token))
         .with_for_update()
@@ -247,6 +258,8 @@ async def refresh(session: AsyncSession, *, refresh_token: str, settings: Settin
 
 async def logout(session: AsyncSession, *, refresh_token: str) -> None:
     """End the session family of this refresh token; unknown tokens are a no-op."""
+    if len(refresh_token) > MAX_REFRESH_TOKEN_LENGTH:
+        return
     stored = await session.scalar(
         select(RefreshToken).where(RefreshToken.token_hash == _token_hash(refresh_token))
     )

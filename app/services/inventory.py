@@ -136,14 +136,15 @@ async def bump_version(session: AsyncSession, *, event_id: int) -> Any:
 
 
 async def hold_seats(
-    session: AsyncSession, *, event_id: int, seat_ids: Sequence[int], booking_id: int
+    session: AsyncSession, *, event_id: int, seat_ids: Sequence[int], booking_id: int, skip_locked: bool = False
 ) -> list[tuple[int, int]]:
     """Hold exactly these seats if they are free; returns (seat id, price) of those taken.
-    Locks in id order, so two buyers of overlapping seats cannot deadlock."""
+    Locks in id order, so two buyers of overlapping seats cannot deadlock. `skip_locked`:
+    seats another buyer is taking are left out at once instead of waited for."""
     free = (
         select(Seat.id).where(Seat.event_id == event_id, Seat.id.in_(seat_ids),
                               Seat.status == SeatStatus.AVAILABLE)
-        .order_by(Seat.id).with_for_update()
+        .order_by(Seat.id).with_for_update(skip_locked=skip_locked)
     )
     result = await session.execute(
         update(Seat).where(Seat.id.in_(free.scalar_subquery()))
@@ -154,8 +155,7 @@ async def hold_seats(
     return [(row.id, row.price_cents) for row in result]
 
 
-# How many free seats a best-available buyer looks at: enough to find a block side by side,
-# few enough that racing buyers lock disjoint windows instead of the same seats.
+# How many free seats a best-available buyer looks at to find a block side by side.
 BEST_AVAILABLE_WINDOW = 4
 
 
@@ -163,31 +163,28 @@ async def hold_best_seats(
     session: AsyncSession, *, event_id: int, quantity: int, booking_id: int
 ) -> list[tuple[int, int]]:
     """Hold `quantity` of the best free seats, side by side in one row when the window
-    allows. Seats other buyers are locking are skipped, not waited for; only when that
-    leaves too few does the buyer wait for them, since a locked seat may yet come free
-    (its locker may need fewer seats than it looked at, or roll back)."""
+    allows. The window is read without locks and only the seats chosen are locked: a buyer
+    that locked its whole window would push racing buyers (who skip locked seats) to worse
+    seats than those it leaves free. Chosen seats another buyer is taking are passed over
+    and the next best chosen; only when every free seat is being taken does the buyer wait,
+    since a locked seat may yet come free (its locker may roll back)."""
     free = (select(Seat.id, Seat.section, Seat.row, Seat.number)
             .where(Seat.event_id == event_id, Seat.status == SeatStatus.AVAILABLE).order_by(Seat.id))
-    # Inside a savepoint: if the skipping look finds too few, its locks must be let go
-    # before waiting on other buyers, or two buyers could each wait on the other's seats.
-    attempt = await session.begin_nested()
-    window = (await session.execute(
-        free.limit(max(quantity * BEST_AVAILABLE_WINDOW, 16)).with_for_update(skip_locked=True))).all()
-    if len(window) >= quantity:
-        await attempt.commit()
-    else:
+    passed_over: set[int] = set()  # grows every round, so the loop ends
+    while len(window := (await session.execute(
+            free.where(Seat.id.not_in(passed_over)).limit(max(quantity * BEST_AVAILABLE_WINDOW, 16)))).all()) \
+            >= quantity:
+        chosen = _adjacent_block(window, quantity) or [row.id for row in window[:quantity]]
+        attempt = await session.begin_nested()  # all or none: a part taken is let go at once
+        taken = await hold_seats(session, event_id=event_id, seat_ids=chosen, booking_id=booking_id,
+                                 skip_locked=True)
+        if len(taken) == quantity:
+            await attempt.commit()
+            return taken
         await attempt.rollback()
-        window = (await session.execute(free.limit(quantity).with_for_update())).all()
-        if len(window) < quantity:
-            return []
-    chosen = _adjacent_block(window, quantity) or [row.id for row in window[:quantity]]
-    result = await session.execute(
-        update(Seat).where(Seat.id.in_(chosen))
-        .values(status=SeatStatus.HELD, booking_id=booking_id)
-        .returning(Seat.id, Seat.price_cents)
-        .execution_options(synchronize_session=False)
-    )
-    return [(row.id, row.price_cents) for row in result]
+        passed_over.update(set(chosen) - {seat_id for seat_id, _ in taken})
+    window = (await session.execute(free.limit(quantity))).all()
+    return await hold_seats(session, event_id=event_id, seat_ids=[row.id for row in window], booking_id=booking_id)
 
 
 def _adjacent_block(window: Sequence[Any], quantity: int) -> list[int] | None:

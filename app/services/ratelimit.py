@@ -1,9 +1,15 @@
 """Per-caller rate limits: fixed windows counted in Redis (shared by every instance) or in
-this process (embedded mode). Losing Redis must not stop sales, so its limiter fails open."""
+this process (embedded mode). Losing Redis must not stop sales, so its limiter fails open.
+
+Keys are stored as a hash of fixed length, whatever the caller put in them (an email, an
+address). A call refused by any of its limits counts against none of them: otherwise a caller
+refused by its own limit would still spend the budget of others (an attacker over its address
+limit would keep using up the limit of the account it attacks)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -30,6 +36,16 @@ class RateLimiter(Protocol):
         """Count one call against each limit; None when all allow it, else the seconds until
         the window reopens."""
 
+    async def remember(self, key: str, *, seconds: int) -> None:
+        """Note `key` for `seconds` (an exemption a later call may ask about)."""
+
+    async def recalls(self, key: str) -> bool:
+        """Whether `key` was remembered and has not lapsed."""
+
+
+def _stored_key(key: str) -> str:
+    return hashlib.sha256(key.encode(errors="surrogatepass")).hexdigest()[:32]
+
 
 def _window(window_seconds: int, now: float) -> tuple[int, float]:
     number = int(now // window_seconds)
@@ -41,16 +57,27 @@ class MemoryRateLimiter:
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, int], int] = {}
+        self._remembered: dict[str, float] = {}  # key -> when it lapses
 
     async def hit(self, limits: Sequence[Limit], *, window_seconds: int) -> float | None:
         number, remaining = _window(window_seconds, time.time())
         if len(self._counts) > self.MAX_KEYS:  # forget finished windows
             self._counts = {k: v for k, v in self._counts.items() if k[1] >= number}
-        exceeded = False
-        for key, limit in limits:
-            count = self._counts[(key, number)] = self._counts.get((key, number), 0) + 1
-            exceeded = exceeded or count > limit
-        return remaining if exceeded else None
+        counters = [(_stored_key(key), number) for key, _ in limits]
+        if any(self._counts.get(counter, 0) >= limit for counter, (_, limit) in zip(counters, limits, strict=True)):
+            return remaining
+        for counter in counters:
+            self._counts[counter] = self._counts.get(counter, 0) + 1
+        return None
+
+    async def remember(self, key: str, *, seconds: int) -> None:
+        now = time.time()
+        if len(self._remembered) > self.MAX_KEYS:  # forget what has lapsed
+            self._remembered = {k: until for k, until in self._remembered.items() if until > now}
+        self._remembered[_stored_key(key)] = now + seconds
+
+    async def recalls(self, key: str) -> bool:
+        return self._remembered.get(_stored_key(key), 0.0) > time.time()
 
 
 class RedisRateLimiter:
@@ -73,20 +100,45 @@ class RedisRateLimiter:
 
     async def hit(self, limits: Sequence[Limit], *, window_seconds: int) -> float | None:
         number, remaining = _window(window_seconds, time.time())
+        counters = [f"{self._prefix}ratelimit:{_stored_key(key)}:{number}" for key, _ in limits]
         counted: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         if not self._batch:  # the first of this turn: send once everyone else of it has joined
             send = asyncio.create_task(self._send(self._batch), name="rate-limit-counts")
             self._sends.add(send)
             send.add_done_callback(self._sends.discard)
-        self._batch.append(([f"{self._prefix}ratelimit:{key}:{number}" for key, _ in limits], window_seconds,
-                            counted))
+        self._batch.append((counters, window_seconds, counted))
         try:
             counts = await counted
         except (RedisError, OSError) as error:
             metrics.RATE_LIMIT_UNCOUNTED.inc()
             logger.warning("Rate limiting skipped, Redis unreachable: %s", error)
             return None
-        return remaining if any(count > limit for count, (_, limit) in zip(counts, limits, strict=True)) else None
+        if not any(count > limit for count, (_, limit) in zip(counts, limits, strict=True)):
+            return None
+        # Refused: take the counts back (a round trip of its own; the refusal stands even if
+        # it fails, the counts then lapse with their window).
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for counter in counters:
+                    pipe.decr(counter)
+                    pipe.expire(counter, window_seconds + 1)
+                await pipe.execute()
+        except (RedisError, OSError) as error:
+            logger.warning("Refused counts not taken back, Redis unreachable: %s", error)
+        return remaining
+
+    async def remember(self, key: str, *, seconds: int) -> None:
+        try:
+            await self._redis.set(f"{self._prefix}remembered:{_stored_key(key)}", 1, ex=seconds)
+        except (RedisError, OSError) as error:
+            logger.warning("Not remembered, Redis unreachable: %s", error)
+
+    async def recalls(self, key: str) -> bool:
+        try:
+            return bool(await self._redis.exists(f"{self._prefix}remembered:{_stored_key(key)}"))
+        except (RedisError, OSError) as error:  # then no limit holds anyway (hit fails open)
+            logger.warning("Nothing recalled, Redis unreachable: %s", error)
+            return False
 
     async def _send(self, batch: list[tuple[list[str], int, asyncio.Future[list[int]]]]) -> None:
         self._batch = []  # calls from here on make the next batch

@@ -35,6 +35,9 @@ async def join(session: AsyncSession, *, user_id: int, event_id: int, quantity: 
     if quantity > event.max_tickets_per_booking:
         raise DomainError(ErrorCode.LIMIT_EXCEEDED, f"At most {event.max_tickets_per_booking} tickets per booking",
                           field="quantity")
+    if quantity > event.capacity:  # no cancellation could ever free that many
+        raise DomainError(ErrorCode.LIMIT_EXCEEDED, f"This event has only {event.capacity} places",
+                          field="quantity")
     active = await session.scalar(select(WaitlistEntry.id).where(
         WaitlistEntry.user_id == user_id, WaitlistEntry.event_id == event_id,
         WaitlistEntry.status.in_([WaitlistStatus.WAITING, WaitlistStatus.OFFERED])))
