@@ -21,7 +21,7 @@ from app.services.payments import MockGateway
 from app.settings import Settings
 from tests.conftest import running_app
 from tests.factories import SMALL_SEAT_MAP, identity_of, make_event, make_user, make_users, token_for
-from tests.servers import subscribe
+from tests.servers import MESSAGE_TIMEOUT, RedisProcess, subscribe, wait_until_ready
 from tests.test_concurrency import HOLDS, race
 from tests.test_realtime import served
 
@@ -331,3 +331,40 @@ async def test_the_waiting_room_over_graphql(settings: Settings, engine: Any,
         assert removed["waitingRoom"] is None
     async with sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(WaitingRoom)) == 0
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_redis_restart_during_admissions_loses_and_duplicates_nobody(
+        settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await sale(sessionmaker, capacity=100, admit_per_minute=60)  # one a second
+    users = await make_users(sessionmaker, 6)
+    await join(sessionmaker, event.id, [user.id for user in users])
+    watched = users[2]
+    private_redis = RedisProcess()
+    await private_redis.start()
+    try:
+        async with served(replace(settings, redis_url=private_redis.url, queue_status_interval_seconds=3600)) \
+                as (services, ws_url, gql), \
+                subscribe(ws_url, QUEUE_STATUS, {"id": str(event.id)}, token=token_for(watched, settings)) as sub:
+            assert (await sub.next())["queueStatus"]["position"] == 3
+            t0 = await clock_of(sessionmaker, event.id)
+            await admit_once(services, now=t0 + timedelta(seconds=1))
+            await private_redis.kill()
+            async with asyncio.timeout(MESSAGE_TIMEOUT):
+                while (await gql.http.get("/readyz")).json()["checks"]["pubsub"] == "ok":
+                    await asyncio.sleep(0.05)
+            for second in (2, 3, 4):  # the watched buyer is admitted while nobody can be told
+                await admit_once(services, now=t0 + timedelta(seconds=second))
+            await private_redis.start()
+            update = (await sub.next())["queueStatus"]  # resynchronised: read from PostgreSQL
+            assert update["status"] == "ADMITTED"
+            await wait_until_ready(gql.http)
+            for second in (5, 6, 7):
+                await admit_once(services, now=t0 + timedelta(seconds=second))
+    finally:
+        await private_redis.kill()
+    async with sessionmaker() as session:
+        tickets = (await session.scalars(select(QueueTicket).where(QueueTicket.event_id == event.id)
+                                         .order_by(QueueTicket.admitted_at, QueueTicket.id))).all()
+    assert [t.user_id for t in tickets] == [user.id for user in users]  # all admitted, once each, in order
+    assert {t.status for t in tickets} == {QueueStatus.ADMITTED}
