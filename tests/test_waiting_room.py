@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from playwright.async_api import async_playwright
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,9 +22,11 @@ from app.models import Booking, Event, EventStatus, QueueStatus, QueueTicket, Ro
 from app.services import bookings, catalogue, queue, waitlist
 from app.services.payments import MockGateway
 from app.settings import Settings
+from app.web import create_app
 from tests.conftest import running_app
 from tests.factories import SMALL_SEAT_MAP, identity_of, make_event, make_user, make_users, token_for
-from tests.servers import MESSAGE_TIMEOUT, RedisProcess, subscribe, wait_until_ready
+from tests.servers import MESSAGE_TIMEOUT, RedisProcess, serve_in_process, subscribe, wait_until_ready
+from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, open_page, require_chromium
 from tests.test_concurrency import HOLDS, race
 from tests.test_realtime import served
 
@@ -368,3 +373,46 @@ async def test_a_redis_restart_during_admissions_loses_and_duplicates_nobody(
                                          .order_by(QueueTicket.admitted_at, QueueTicket.id))).all()
     assert [t.user_id for t in tickets] == [user.id for user in users]  # all admitted, once each, in order
     assert {t.status for t in tickets} == {QueueStatus.ADMITTED}
+
+
+# --- the page -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_the_page_shows_a_buyer_waiting_then_admitted_then_reserving(
+        settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    require_chromium()
+    event = await sale(sessionmaker, capacity=50, admit_per_minute=6, name="Queue Night")
+    ahead, buyer = await make_users(sessionmaker, 2)
+    await join(sessionmaker, event.id, [ahead.id])
+    problems: list[str] = []
+    app = create_app(settings)
+    async with serve_in_process(app) as address, async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                                   headless=True, timeout=30_000)
+        try:
+            context, page = await open_page(browser, problems)
+            await context.add_init_script(
+                f"sessionStorage.setItem('bme.token', {json.dumps(token_for(buyer, settings))})")
+            await page.goto(f"http://{address}/#event/{event.id}")
+            await page.wait_for_selector('#waiting-room[data-status="NONE"]')
+            assert await page.is_hidden("#reserve-form")
+            await page.click("#join-queue-btn")
+            await page.wait_for_selector('#waiting-room[data-status="WAITING"]')
+            assert await page.text_content("#queue-text") == "You are number 2 in the queue · about 1 min to wait"
+            assert await page.is_visible("#queue-progress") and await page.is_hidden("#reserve-form")
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=ARTIFACTS / "browser-queue-waiting.png", full_page=True)
+
+            services = app.state.services
+            t0 = await clock_of(sessionmaker, event.id)
+            await admit_once(services, now=t0 + timedelta(seconds=10))
+            await admit_once(services, now=t0 + timedelta(seconds=20))  # the buyer's turn
+            await page.wait_for_selector('#waiting-room[data-status="ADMITTED"]')
+            assert re.fullmatch(r"It's your turn: reserve within 1?\d:\d\d",  # 10 minutes from the job's clock
+                                await page.text_content("#admission-countdown") or "")
+            await page.screenshot(path=ARTIFACTS / "browser-queue-admitted.png", full_page=True)
+            await page.click("#reserve-btn")
+            await page.wait_for_selector('#hold[data-status="PENDING"]')
+            assert problems == []
+        finally:
+            await browser.close()
