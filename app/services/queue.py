@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -100,7 +101,7 @@ async def room_counts(session: AsyncSession, event_id: int, now: datetime | None
     return int(waiting), int(admitted)
 
 
-def _admitted(now: datetime) -> object:
+def _admitted(now: datetime) -> Any:
     return and_(QueueTicket.status == QueueStatus.ADMITTED, QueueTicket.admitted_until > now)
 
 
@@ -237,7 +238,6 @@ async def admit(session: AsyncSession, *, now: datetime | None = None) -> list[A
 
 
 async def _admit_room(session: AsyncSession, room: WaitingRoom, now: datetime) -> AdmissionRound:
-    tickets = QueueTicket.__table__
     lapsed = list(await session.scalars(
         update(QueueTicket)
         .where(QueueTicket.event_id == room.event_id, QueueTicket.status == QueueStatus.ADMITTED,
@@ -251,8 +251,8 @@ async def _admit_room(session: AsyncSession, room: WaitingRoom, now: datetime) -
     assert event is not None
     if await _sold_out(session, event, now):
         sold_out = (await session.execute(
-            update(tickets).where(tickets.c.event_id == room.event_id, tickets.c.status == QueueStatus.WAITING)
-            .values(status=QueueStatus.SOLD_OUT))).rowcount
+            update(QueueTicket).where(QueueTicket.event_id == room.event_id, QueueTicket.status == QueueStatus.WAITING)
+            .values(status=QueueStatus.SOLD_OUT).execution_options(synchronize_session=False))).rowcount
         room.admitted_through = now
     elif room.paused or event.status == EventStatus.SCHEDULED:  # nothing banked before the start either
         room.admitted_through = now
@@ -291,9 +291,9 @@ async def _sold_out(session: AsyncSession, event: Event, now: datetime) -> bool:
     return held is None
 
 
-def merge_queue_messages(older: dict[str, object], newer: dict[str, object]) -> dict[str, object]:
+def merge_queue_messages(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
     """Fold two queue messages a subscriber has not read yet: every user either names, sold
     out if either says so."""
-    users = set(older["users"]) | set(newer["users"])  # type: ignore[call-overload]
-    return {**newer, "users": sorted(users), "soldOut": bool(older["soldOut"] or newer["soldOut"])}
+    return {**newer, "users": sorted(set(older["users"]) | set(newer["users"])),
+            "soldOut": older["soldOut"] or newer["soldOut"]}
 
