@@ -33,6 +33,7 @@ from app import metrics
 from app.db import create_engine, create_sessionmaker
 from app.errors import DomainError
 from app.fanout import TransportWSHandler
+from app.jobs import admission, run_every
 from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, error_response
 from app.pubsub import Broker
 from app.resolvers.context import AppServices, Context
@@ -236,6 +237,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.broker.start()
         sweeper = asyncio.create_task(run_sweeper(services, settings.sweep_interval_seconds), name="sweeper")
+        admitter = asyncio.create_task(run_every("Admission", settings.admission_interval_seconds,
+                                                 lambda: admission.tick(services)), name="admission")
         # Everything loaded so far (modules, the schema, mappers: a quarter of the objects of a
         # worker holding 1,000 websockets) lives as long as the process. Freezing it takes it
         # out of every later full collection, whose pause is what subscribers wait through.
@@ -247,9 +250,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             metrics.worker_stopped()
             sweeper.cancel()
+            admitter.cancel()
             await services.batcher.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            with contextlib.suppress(asyncio.CancelledError):
+                await admitter
             await services.broker.stop()
             if isinstance(services.limiter, RedisRateLimiter):
                 await services.limiter.close()

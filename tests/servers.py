@@ -42,7 +42,8 @@ class AppProcess:
                     "HOST": "127.0.0.1", "PORT": str(self.port), "SWEEP_INTERVAL_SECONDS": "3600",
                     "RESERVE_RATE_LIMIT_PER_MINUTE": NO_LIMITS, "MUTATION_RATE_LIMIT_PER_MINUTE": NO_LIMITS,
                     "QUERY_RATE_LIMIT_PER_MINUTE": NO_LIMITS,
-                    "DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "5"}  # a shared PostgreSQL: take little
+                    "DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "5",  # a shared PostgreSQL: take little
+                    "ADMISSION_INTERVAL_SECONDS": "3600"}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -43,7 +43,7 @@ from app.models import (
     WaitlistStatus,
     utcnow,
 )
-from app.services import inventory, outbox
+from app.services import inventory, outbox, queue
 from app.services.accounts import Identity
 from app.services.holds import over_cap, write_holds
 from app.services.payments import PaymentDeclined, PaymentGateway
@@ -295,11 +295,17 @@ async def _take_in_turn(
             for i in waiting:
                 results[i] = not_found("Event")
             return None, []
+        admitted = None
+        if event.waiting_room:
+            admitted = await queue.admitted_users(session, event_id=event_id, now=now,
+                                                  user_ids=[requests[i].user_id for i in waiting])
         fitting = []
         for i in waiting:
             try:
                 _check_quantity(event, requests[i].quantity)
                 _check_event(event, requests[i].expected_version)
+                if admitted is not None and requests[i].user_id not in admitted:
+                    raise queue.queue_required()
             except DomainError as error:
                 results[i] = error
                 continue
@@ -386,6 +392,8 @@ async def _reserve_seats(
         raise not_found("Event")
     quantity = _check_request(event, quantity, seat_ids)
     _check_event(event, expected_version)
+    if event.waiting_room:
+        await queue.require_admission(session, event_id=event.id, user_id=user_id, now=now)
     cleared_lapsed = False
     if event.available < quantity:
         # Short already: decide before writing anything.

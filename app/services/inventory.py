@@ -91,8 +91,10 @@ def _take_statement(*conditions: Any) -> Any:
 # Built once: the hottest statements of a sale, compiled once and then only bound.
 _TAKE_PLACES = _take_statement()
 # For buyers who have not been checked against the event yet: none of them may ask for more
-# than one booking allows, so the common case needs no read before it.
-_TAKE_CHECKED = _take_statement(Event.max_tickets_per_booking >= bindparam("largest"))
+# than one booking allows, so the common case needs no read before it. Events with a waiting
+# room never take this path: their buyers' admissions are checked first (`bookings`).
+_TAKE_CHECKED = _take_statement(Event.max_tickets_per_booking >= bindparam("largest"),
+                                Event.waiting_room.is_(False))
 
 
 async def take_places(session: AsyncSession, *, event_id: int, quantity: int,
