@@ -21,6 +21,11 @@ def since_version(message: dict[str, Any]) -> int:
     return int(message.get("sinceVersion", message["version"] - 1))
 
 
+def availability_span(message: dict[str, Any]) -> tuple[int, int]:
+    """What versions an availability message covers, for the broker to keep them in order."""
+    return since_version(message), message["version"]
+
+
 def merge_availability(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
     """Fold two availability messages a reader has not read yet into one: the newer state,
     with every seat change of both (the later change of a seat wins)."""
@@ -56,8 +61,10 @@ class RealtimeSubscription:
             raise DomainError(ErrorCode.NOT_FOUND, "Event not found")
         broker = info.context.services.broker
         sent = metrics.SUBSCRIPTION_MESSAGES.labels("eventAvailability")
-        async with broker.subscribe(outbox.availability_channel(parsed), merge_availability) as inbox:
+        async with broker.subscribe(outbox.availability_channel(parsed), merge_availability,
+                                    availability_span) as inbox:
             update = await _snapshot(info, parsed)
+            inbox.start_from(update.version)
             sent.inc()
             yield update  # through strawberry: validation, limits and errors as for any operation
             # The same for every subscriber of the event: on graphql-transport-ws each update
@@ -68,6 +75,7 @@ class RealtimeSubscription:
                 delivery = await inbox.next()
                 if delivery is None:  # messages may have been lost: start again from the truth
                     update = await _snapshot(info, parsed)
+                    inbox.start_from(update.version)
                 elif delivery.message["version"] > version:
                     update = delivery.derive(AvailabilityUpdate, partial(
                         AvailabilityUpdate.from_message, delivery.message, since_version(delivery.message)))
