@@ -26,7 +26,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from app.db import create_sessionmaker
-from app.models import Booking, BookingStatus, Seat
+from app.models import Booking, BookingStatus, Role, Seat
 from app.pubsub import Broker, Delivery, Slot
 from app.resolvers.context import AppServices
 from app.resolvers.realtime import availability_span, merge_availability
@@ -122,6 +122,22 @@ async def test_snapshot_then_updates_over_a_real_websocket(
             assert (update["snapshot"], update["availableSeats"], update["version"]) == (False, 28, seated.version + 1)
             assert sorted(change["seatId"] for change in update["changedSeats"]) == held
             assert {change["status"] for change in update["changedSeats"]} == {"HELD"}
+
+
+async def test_a_draft_event_is_not_there_for_subscribers_but_admins(
+        redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    draft = await make_event(sessionmaker, capacity=10, publish=False)
+    user, admin = await make_users(sessionmaker, 1) + await make_users(sessionmaker, 1, role=Role.ADMIN)
+    async with served(replace(settings, redis_url=redis_url)) as (_, ws_url, _gql):
+        # Anonymous, a user: the same answer as for an event that does not exist.
+        for event_id, token in ((draft.id, None), (draft.id, token_for(user, settings)), (draft.id + 10**6, None)):
+            async with subscribe(ws_url, AVAILABILITY, {"id": str(event_id)}, token=token) as sub:
+                refused = json.loads(await asyncio.wait_for(sub.ws.recv(), MESSAGE_TIMEOUT))
+                assert [(error["message"], error["extensions"]["code"]) for error in refused["payload"]["errors"]] == \
+                    [("Event not found", "NOT_FOUND")], refused
+        async with subscribe(ws_url, AVAILABILITY, {"id": str(draft.id)}, token=token_for(admin, settings)) as sub:
+            snapshot = (await sub.next())["eventAvailability"]
+            assert (snapshot["status"], snapshot["availableSeats"]) == ("DRAFT", 10)
 
 
 async def test_a_change_on_one_instance_reaches_subscribers_on_another(

@@ -11,6 +11,7 @@ import strawberry
 from app import metrics
 from app.errors import DomainError, ErrorCode, id_or_none
 from app.fanout import direct_sender
+from app.models import EventStatus, utcnow
 from app.schema.bookings import Booking
 from app.schema.realtime import AvailabilityUpdate, BookingUpdate
 from app.services import outbox
@@ -46,9 +47,15 @@ def merge_booking_updates(older: dict[str, Any], newer: dict[str, Any]) -> dict[
 
 async def _snapshot(info: strawberry.Info, event_id: int) -> AvailabilityUpdate:
     message = await info.context.services.availability.load(event_id)
-    if message is None:
+    # A draft is not there for anyone but admins, as with `event(id)`.
+    if message is None or (message["status"] == EventStatus.DRAFT and not _is_admin(info)):
         raise DomainError(ErrorCode.NOT_FOUND, "Event not found")
     return AvailabilityUpdate.from_message(message, message["version"], snapshot=True)
+
+
+def _is_admin(info: strawberry.Info) -> bool:
+    identity = info.context.identity
+    return identity is not None and identity.is_admin and not identity.expired(utcnow())
 
 
 @strawberry.type
