@@ -44,6 +44,7 @@ from app.services.payments import MockGateway
 from app.services.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from app.settings import Settings, load_settings
 from app.sweeper import run_sweeper
+from app.wsprotocol import CheckedWSHandler
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 class GraphQLApp(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler  # sends availability updates itself
+    graphql_ws_handler_class = CheckedWSHandler
 
     def __init__(self, services: AppServices) -> None:
         super().__init__(
@@ -125,6 +127,14 @@ class GraphQLApp(GraphQL[Context, None]):
         if not isinstance(decoded, dict | list):
             raise HTTPException(400, "The request body must be a JSON object")
         return decoded
+
+    def decode_json(self, data: str | bytes) -> object:
+        """A websocket frame (HTTP bodies go through parse_json). One nested too deeply to
+        decode is refused as frames that are not JSON are, not raised from the handler."""
+        try:
+            return json.loads(data)
+        except RecursionError:
+            raise json.JSONDecodeError("Nested too deeply", data if isinstance(data, str) else "", 0) from None
 
     def _base_url(self, request: Request | WebSocket) -> str:
         if self.services.settings.public_url:
