@@ -268,7 +268,7 @@ async def reserve_general(
         for i, booking in zip(granted, written, strict=True):
             results[i] = booking
             await _remember(session, claims[i], booking.id)
-        inventory.record_availability(session, state)
+        inventory.record_availability(session, state, since=taken.version - 1)  # the take, and any give-back
     # A refused buyer leaves nothing behind, not even its key: it may try again with it.
     await _withdraw_keys(session, [claims[i] for i, result in enumerate(results) if isinstance(result, DomainError)])
     for i, earlier in repeats.items():
@@ -420,7 +420,8 @@ async def _reserve_seats(
                        now=now))[0]:
         refusal = _over_cap(state.max_tickets_per_user)
         if cleared_lapsed:
-            await inventory.return_places(session, event_id=event.id, quantity=quantity)
+            returned = await inventory.return_places(session, event_id=event.id, quantity=quantity)
+            inventory.record_availability(session, returned, since=state.version - 1)
             await _withdraw_keys(session, [claim])
             refusal.keep_changes = True
         raise refusal
@@ -467,7 +468,8 @@ async def _hold_seats(session: AsyncSession, booking: Booking, seat_ids: list[in
 async def _give_back(session: AsyncSession, booking: Booking, claim: KeyClaim | None) -> None:
     """Undo a refused seated reserve's own writes (its places, hold and key), keeping the rest
     of the unit of work."""
-    await inventory.return_places(session, event_id=booking.event_id, quantity=booking.quantity)
+    returned = await inventory.return_places(session, event_id=booking.event_id, quantity=booking.quantity)
+    inventory.record_availability(session, returned, since=returned.version - 2)  # the take and this
     await session.delete(booking)
     await _withdraw_keys(session, [claim])
     await session.flush()
