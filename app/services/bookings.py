@@ -253,7 +253,8 @@ async def reserve_general(
         assert taken is not None
         state = taken
         holders = [(requests[i].user_id, requests[i].quantity or 0) for i in granted]
-        over = await over_cap(session, event_id=event_id, holders=holders, cap=taken.max_tickets_per_user, now=now)
+        over = await over_cap(session, event_id=event_id, holders=holders, cap=taken.max_tickets_per_user,
+                              capacity=taken.capacity, now=now)
         if any(over):
             for i, is_over in zip(granted, over, strict=True):
                 if is_over:
@@ -417,7 +418,7 @@ async def _reserve_seats(
         raise DomainError(ErrorCode.VERSION_CONFLICT, "Availability changed since you looked",
                           current_version=state.version - 1)
     if (await over_cap(session, event_id=event.id, holders=[(user_id, quantity)], cap=state.max_tickets_per_user,
-                       now=now))[0]:
+                       capacity=state.capacity, now=now))[0]:
         refusal = _over_cap(state.max_tickets_per_user)
         if cleared_lapsed:
             returned = await inventory.return_places(session, event_id=event.id, quantity=quantity)

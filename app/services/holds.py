@@ -42,11 +42,14 @@ async def write_holds(session: AsyncSession, *, event_id: int, price_cents: int,
 
 
 async def over_cap(session: AsyncSession, *, event_id: int, holders: Sequence[tuple[int, int]], cap: int,
-                   now: datetime) -> list[bool]:
+                   capacity: int, now: datetime) -> list[bool]:
     """Which of these (user id, quantity), in turn, would take their user past `cap` places of
-    the event, counting what each already holds (unlapsed) or has bought, and earlier ones
-    here. Call it holding the event row, so that no concurrent reserve is counted twice or missed."""
-    if all(quantity > cap for _, quantity in holders):  # nothing to ask: all over on their own
+    the event (of `capacity` in all), counting what each already holds (unlapsed) or has
+    bought, and earlier ones here. Call it holding the event row, so that no concurrent reserve
+    is counted twice or missed."""
+    if cap >= capacity:  # nothing to ask: nobody can hold more than the event has
+        return [False] * len(holders)
+    if all(quantity > cap for _, quantity in holders):  # nor when all are over on their own
         return [True] * len(holders)
     users = sorted({user_id for user_id, _ in holders})
     rows = await session.execute(

@@ -73,7 +73,7 @@ _EVENT_STATE = (Event.id, Event.available, Event.version, Event.status)
 
 
 # What a take returns: the event's new state, and what writing its holds needs.
-_TAKEN = (*_EVENT_STATE, Event.price_cents, Event.currency, Event.max_tickets_per_user)
+_TAKEN = (*_EVENT_STATE, Event.capacity, Event.price_cents, Event.currency, Event.max_tickets_per_user)
 
 
 def _take_statement(*conditions: Any) -> Any:
