@@ -545,10 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     env = harness.server_env(harness.free_port(), args.workers)
     env.update({
         "ADMISSION_INTERVAL_SECONDS": str(args.admission_interval),
-        # One client address holds every buyer's joins and sockets.
+        # One client address holds every buyer's joins.
         "QUEUE_JOIN_RATE_LIMIT_PER_MINUTE": "1000000",
         "QUEUE_JOIN_IP_RATE_LIMIT_PER_MINUTE": "1000000",
-        "WEBSOCKETS_PER_ADDRESS": str(args.subscribers + 100),
     })
     print(f"[{time.strftime('%H:%M:%S')}] creating database {harness.DB_NAME}, migrating", file=sys.stderr)
     harness.prepare(env)
