@@ -45,6 +45,11 @@ RESERVE_BATCH_SIZE = Histogram("bookmyevent_reserve_batch_size",
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 200))
 RATE_LIMIT_UNCOUNTED = Counter("bookmyevent_rate_limit_uncounted_total",
                                "Calls let through uncounted because Redis was unreachable")
+# Labelled by key prefix: bounded by the keys an admin creates, and not secret.
+API_KEY_REQUESTS = Counter("bookmyevent_api_key_requests_total", "GraphQL operations per partner API key",
+                           ["prefix"])
+WEBHOOK_ATTEMPTS = Counter("bookmyevent_webhook_attempts_total", "Webhook delivery attempts by outcome",
+                           ["outcome"])
 SWEEPS = Counter("bookmyevent_sweeper_runs_total", "Expiry sweeper runs")
 EXPIRED_HOLDS = Counter("bookmyevent_expired_holds_total", "Holds expired by the sweeper")
 

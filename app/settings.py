@@ -75,6 +75,17 @@ class Settings:
     db_max_overflow: int = 20
     # Off in production to hide the schema from strangers (clients ship their documents).
     graphql_introspection: bool = True
+    # Partners: a key's operations per minute unless its creator gave it another limit.
+    api_key_rate_limit_per_minute: int = 600
+    # Webhook delivery (app/jobs/webhooks.py): targets on private or loopback addresses are
+    # refused unless allowed (development, tests); seconds to wait after each failed attempt
+    # (about a day in all, then the delivery is FAILED); an endpoint failing this long is disabled.
+    webhook_allow_private_targets: bool = False
+    webhook_retry_seconds: str = "5,30,120,600,3600,10800,10800,10800,10800,10800,10800,10800"
+    webhook_disable_after_seconds: int = 24 * 3600
+    webhook_timeout_seconds: float = 10.0
+    webhook_poll_interval_seconds: float = 1.0
+    webhook_concurrency: int = 32  # deliveries in flight per process
 
     @property
     def is_sqlite(self) -> bool:
@@ -84,8 +95,17 @@ class Settings:
     def production(self) -> bool:
         return not self.is_sqlite or self.redis_url is not None
 
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        return tuple(float(part) for part in self.webhook_retry_seconds.split(",") if part.strip())
+
     def check(self) -> None:
         """Refuse configurations that would be unsafe in production."""
+        try:
+            if any(delay < 0 for delay in self.webhook_retry_delays):
+                raise ValueError(self.webhook_retry_seconds)
+        except ValueError:
+            raise ConfigurationError("WEBHOOK_RETRY_SECONDS must be seconds separated by commas") from None
         if self.production and self.jwt_secret == DEV_JWT_SECRET:
             raise ConfigurationError(
                 "JWT_SECRET must be set when DATABASE_URL or REDIS_URL select production mode"
@@ -121,6 +141,13 @@ _FIELDS = {
     "DB_POOL_SIZE": ("db_pool_size", int),
     "DB_MAX_OVERFLOW": ("db_max_overflow", int),
     "GRAPHQL_INTROSPECTION": ("graphql_introspection", boolean),
+    "API_KEY_RATE_LIMIT_PER_MINUTE": ("api_key_rate_limit_per_minute", int),
+    "WEBHOOK_ALLOW_PRIVATE_TARGETS": ("webhook_allow_private_targets", boolean),
+    "WEBHOOK_RETRY_SECONDS": ("webhook_retry_seconds", str),
+    "WEBHOOK_DISABLE_AFTER_SECONDS": ("webhook_disable_after_seconds", int),
+    "WEBHOOK_TIMEOUT_SECONDS": ("webhook_timeout_seconds", float),
+    "WEBHOOK_POLL_INTERVAL_SECONDS": ("webhook_poll_interval_seconds", float),
+    "WEBHOOK_CONCURRENCY": ("webhook_concurrency", int),
 }
 
 

@@ -13,10 +13,33 @@ from app.models.bookings import (
     TicketStatus,
 )
 from app.models.catalogue import Event, EventStatus, Seat, SeatStatus, Venue
+from app.models.partners import ApiKey, ApiScope, DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from app.models.waitlist import WaitlistEntry, WaitlistStatus
 
 __all__ = [
-    "Base", "Booking", "BookingStatus", "Event", "EventStatus", "IdempotencyKey", "Payment",
-    "PaymentKind", "PaymentStatus", "RefreshToken", "Role", "Seat", "SeatStatus", "Ticket",
-    "TicketStatus", "User", "Venue", "WaitlistEntry", "WaitlistStatus", "utcnow",
+    "ApiKey",
+    "ApiScope",
+    "Base",
+    "Booking",
+    "BookingStatus",
+    "DeliveryStatus",
+    "Event",
+    "EventStatus",
+    "IdempotencyKey",
+    "Payment",
+    "PaymentKind",
+    "PaymentStatus",
+    "RefreshToken",
+    "Role",
+    "Seat",
+    "SeatStatus",
+    "Ticket",
+    "TicketStatus",
+    "User",
+    "Venue",
+    "WaitlistEntry",
+    "WaitlistStatus",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "utcnow",
 ]
