@@ -134,6 +134,14 @@ class Context:
         self.check_scope(scope)
         return identity
 
+    def require_admin_or_scope(self, scope: str) -> Identity:
+        """An administrator, or an API key holding `scope` (acting on its own things only)."""
+        identity = self._require_identity()
+        if identity.key is None:
+            return self.require_admin()
+        self.check_scope(scope)
+        return identity
+
     def check_scope(self, scope: str) -> None:
         """For what anyone may do: an API key must still hold `scope` for it (a key has exactly
         its scopes; a partner wanting less can always call without one)."""

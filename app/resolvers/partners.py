@@ -21,9 +21,9 @@ class PartnerQuery:
         async with info.context.read_session() as session:
             return [ApiKey.from_model(key) for key in await apikeys.list_keys(session)]
 
-    @strawberry.field(description="The caller's webhooks (an admin's: all of them).")
+    @strawberry.field(description="Admins see every webhook; a key with WEBHOOKS_MANAGE its own.")
     async def webhooks(self, info: strawberry.Info) -> list[Webhook]:
-        caller = info.context.require_scope(Scope.WEBHOOKS_MANAGE)
+        caller = info.context.require_admin_or_scope(Scope.WEBHOOKS_MANAGE)
         async with info.context.read_session() as session:
             return [Webhook.from_model(endpoint) for endpoint in await webhooks.list_endpoints(session, caller=caller)]
 
@@ -57,10 +57,11 @@ class PartnerMutation:
             return ApiKeyPayload(api_key=ApiKey.from_model(key))
         return await run_mutation(info, ApiKeyPayload, work)
 
-    @strawberry.mutation(description="The signing secret is in this answer and nowhere else, ever.")
+    @strawberry.mutation(description="Admins, or keys with WEBHOOKS_MANAGE. The signing secret is in this "
+                                     "answer and nowhere else, ever.")
     async def create_webhook(self, info: strawberry.Info, input: WebhookInput) -> WebhookPayload:
         async def work(session: AsyncSession) -> WebhookPayload:
-            caller = info.context.require_scope(Scope.WEBHOOKS_MANAGE)
+            caller = info.context.require_admin_or_scope(Scope.WEBHOOKS_MANAGE)
             endpoint, secret = await webhooks.create_endpoint(
                 session, owner_id=caller.user_id, url=input.url, events=[event.value for event in input.events],
                 description=input.description, allow_private=info.context.settings.webhook_allow_private_targets)
@@ -70,7 +71,7 @@ class PartnerMutation:
     @strawberry.mutation
     async def delete_webhook(self, info: strawberry.Info, id: strawberry.ID) -> WebhookPayload:
         async def work(session: AsyncSession) -> WebhookPayload:
-            caller = info.context.require_scope(Scope.WEBHOOKS_MANAGE)
+            caller = info.context.require_admin_or_scope(Scope.WEBHOOKS_MANAGE)
             endpoint = await webhooks.delete_endpoint(session, caller=caller, endpoint_id=parse_id(id, "id"))
             return WebhookPayload(webhook=Webhook.from_model(endpoint))
         return await run_mutation(info, WebhookPayload, work)
@@ -78,7 +79,7 @@ class PartnerMutation:
     @strawberry.mutation(description="Send one delivery again (same webhook-id and body).")
     async def resend_webhook_delivery(self, info: strawberry.Info, id: strawberry.ID) -> WebhookPayload:
         async def work(session: AsyncSession) -> WebhookPayload:
-            caller = info.context.require_scope(Scope.WEBHOOKS_MANAGE)
+            caller = info.context.require_admin_or_scope(Scope.WEBHOOKS_MANAGE)
             endpoint = await webhooks.resend(session, caller=caller, delivery_id=parse_id(id, "id"))
             return WebhookPayload(webhook=Webhook.from_model(endpoint))
         return await run_mutation(info, WebhookPayload, work)
