@@ -283,3 +283,29 @@ async def test_a_partner_hears_only_of_its_own_bookings(
     async with sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(WebhookEndpoint)) == 1
 
+
+
+async def test_deleting_a_webhook_never_fails_a_change_in_flight(
+        settings: Settings, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """A transaction that saw the endpoint active still writes its deliveries after a
+    concurrent delete commits: the endpoint is only marked deleted, never gone from under it."""
+    owner = await make_user(sessionmaker, Role.ADMIN)
+    first, second, third = [await make_event(sessionmaker, capacity=5, publish=False) for _ in range(3)]
+    async with sessionmaker() as session:
+        endpoint, _ = await webhooks.create_endpoint(session, owner_id=owner.id, url="http://127.0.0.1:9/x",
+                                                     events=[webhooks.WebhookEvent.EVENT_ON_SALE], description=None,
+                                                     allow_private=True)
+        await session.commit()
+    async with asyncio.timeout(MESSAGE_TIMEOUT), sessionmaker() as change:
+        await catalogue.publish_event(change, event_id=first.id)  # reads the endpoints: active
+        async with sessionmaker() as deleting:
+            await webhooks.delete_endpoint(deleting, caller=identity_of(owner), endpoint_id=endpoint.id)
+            await deleting.commit()
+        await catalogue.publish_event(change, event_id=second.id)
+        await change.commit()
+    async with sessionmaker() as session:
+        await catalogue.publish_event(session, event_id=third.id)  # a new transaction: nobody subscribed
+        await session.commit()
+        assert await webhooks.list_endpoints(session, caller=identity_of(owner)) == []
+    assert [json.loads(d.body)["data"]["id"] for d in await deliveries(sessionmaker)] == [str(first.id),
+                                                                                          str(second.id)]

@@ -117,7 +117,7 @@ async def create_endpoint(session: AsyncSession, *, owner_id: int, url: str, eve
         raise invalid_input("description", f"description must be at most {MAX_DESCRIPTION_LENGTH} characters")
     checked = _check_events(events)
     owned = await session.scalar(select(func.count()).select_from(WebhookEndpoint)
-                                 .where(WebhookEndpoint.owner_id == owner_id))
+                                 .where(WebhookEndpoint.owner_id == owner_id, WebhookEndpoint.deleted_at.is_(None)))
     if (owned or 0) >= MAX_ENDPOINTS_PER_OWNER:
         raise DomainError(ErrorCode.LIMIT_EXCEEDED, f"At most {MAX_ENDPOINTS_PER_OWNER} webhooks per owner")
     secret = new_secret()
@@ -129,8 +129,9 @@ async def create_endpoint(session: AsyncSession, *, owner_id: int, url: str, eve
 
 
 def _visible(caller: Identity) -> Any:
-    """Admins (people, never keys) see every endpoint; others their own."""
-    return True if caller.is_admin else WebhookEndpoint.owner_id == caller.user_id
+    """Admins (people, never keys) see every endpoint; others their own. Deleted ones: nobody."""
+    alive = WebhookEndpoint.deleted_at.is_(None)
+    return alive if caller.is_admin else alive & (WebhookEndpoint.owner_id == caller.user_id)
 
 
 async def list_endpoints(session: AsyncSession, *, caller: Identity) -> list[WebhookEndpoint]:
@@ -139,17 +140,21 @@ async def list_endpoints(session: AsyncSession, *, caller: Identity) -> list[Web
 
 
 async def _endpoint_of(session: AsyncSession, caller: Identity, endpoint_id: int) -> WebhookEndpoint:
+    # FOR NO KEY UPDATE: booking transactions writing deliveries hold KEY SHARE on the row
+    # (the foreign key), and must neither wait for this nor make it wait.
     endpoint = await session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id,
-                                                                  _visible(caller)).with_for_update())
+                                                                  _visible(caller)).with_for_update(key_share=True))
     if endpoint is None:
         raise not_found("Webhook")
     return endpoint
 
 
-async def delete_endpoint(session: AsyncSession, *, caller: Identity, endpoint_id: int) -> WebhookEndpoint:
-    """Remove an endpoint and its delivery log; what is in flight is dropped."""
+async def delete_endpoint(session: AsyncSession, *, caller: Identity, endpoint_id: int,
+                          now: datetime | None = None) -> WebhookEndpoint:
+    """Stop an endpoint for good and hide it; what it still had to send is dropped."""
     endpoint = await _endpoint_of(session, caller, endpoint_id)
-    await session.delete(endpoint)
+    endpoint.deleted_at = now or utcnow()
+    await _disable(session, endpoint, "Deleted")
     await session.flush()
     return endpoint
 
@@ -202,16 +207,17 @@ class _Subscriber:
 
 
 async def _subscribers(session: AsyncSession) -> list[_Subscriber]:
-    """The active endpoints, read once per unit of work (and only if it reports something)."""
-    cached: list[_Subscriber] | None = session.info.get("webhook_subscribers")
-    if cached is None:
+    """The active endpoints, read once per transaction (and only if it reports something)."""
+    transaction = session.sync_session.get_transaction()
+    cached: tuple[Any, list[_Subscriber]] | None = session.info.get("webhook_subscribers")
+    if cached is None or cached[0] is not transaction:
         rows = await session.execute(
             select(WebhookEndpoint.id, WebhookEndpoint.owner_id, User.role, WebhookEndpoint.events)
             .join(User, User.id == WebhookEndpoint.owner_id).where(WebhookEndpoint.active))
-        cached = session.info["webhook_subscribers"] = [
+        cached = session.info["webhook_subscribers"] = (transaction, [
             _Subscriber(endpoint_id, owner_id, role == Role.ADMIN, frozenset(events))
-            for endpoint_id, owner_id, role, events in rows]
-    return cached
+            for endpoint_id, owner_id, role, events in rows])
+    return cached[1]
 
 
 async def enqueue(session: AsyncSession, event_type: str, data: dict[str, Any], *, owner_id: int | None = None,
@@ -298,8 +304,8 @@ async def record_attempt(session: AsyncSession, attempt: Attempt, *, response_st
     (another status, a timeout, a refused target) is retried, until the schedule ends."""
     now = now or utcnow()
     delivery = await session.get(WebhookDelivery, attempt.delivery_id, with_for_update=True)
-    endpoint = await session.get(WebhookEndpoint, attempt.endpoint_id, with_for_update=True)
-    if delivery is None or endpoint is None:  # deleted meanwhile
+    endpoint = await session.get(WebhookEndpoint, attempt.endpoint_id, with_for_update={"key_share": True})
+    if delivery is None or endpoint is None or endpoint.deleted_at is not None:  # deleted meanwhile
         return "dropped"
     delivery.last_response_status = response_status
     delivery.last_error = error[:500] if error else None
