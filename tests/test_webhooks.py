@@ -225,7 +225,8 @@ async def test_a_slow_endpoint_does_not_delay_a_reserve(
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8000/x", "http://localhost/x", "http://10.1.2.3/x",
                                  "http://[::1]/x", "http://169.254.169.254/latest", "ftp://93.184.216.34/x",
-                                 "http://192.168.0.1/x", "not a url"])
+                                 "http://192.168.0.1/x", "http://[::ffff:127.0.0.1]/x", "not a url", "http://[",
+                                 "http://93.184.216.34:99999/"])
 async def test_private_targets_are_refused(settings: Settings, engine: Any,
                                            sessionmaker: async_sessionmaker[AsyncSession], url: str) -> None:
     settings = replace(settings, webhook_allow_private_targets=False)

@@ -36,6 +36,7 @@ SECRET_PREFIX = "whsec_"
 MAX_URL_LENGTH = 2000
 MAX_DESCRIPTION_LENGTH = 500
 MAX_ENDPOINTS_PER_OWNER = 20
+RESOLVE_TIMEOUT = 5.0  # seconds
 
 
 class WebhookEvent:
@@ -76,20 +77,23 @@ async def check_target(url: str, *, allow_private: bool) -> None:
     """Refuse anything but http(s) URLs whose host resolves only to public addresses (unless
     `allow_private`): no requests into the operator's own network. Checked after DNS
     resolution, at registration and again before every attempt, since DNS may change."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a malformed IPv6 literal or port
+        raise TargetRefused("Not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise TargetRefused("Give an http:// or https:// URL")
     if allow_private:
         return
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        resolved = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port)
-    except (OSError, ValueError) as error:
-        raise TargetRefused(f"Cannot resolve {parts.hostname}: {error}") from None
+        resolved = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, port), RESOLVE_TIMEOUT)
+    except (OSError, ValueError, TimeoutError) as error:
+        raise TargetRefused(f"Cannot resolve {host}: {error or 'timed out'}") from None
     for *_, sockaddr in resolved:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if not address.is_global or address.is_multicast:
-            raise TargetRefused(f"{parts.hostname} resolves to a private or reserved address ({address})")
+            raise TargetRefused(f"{host} resolves to a private or reserved address ({address})")
 
 
 # --- endpoints ----------------------------------------------------------------------------
