@@ -310,3 +310,28 @@ async def test_deleting_a_webhook_never_fails_a_change_in_flight(
         assert await webhooks.list_endpoints(session, caller=identity_of(owner)) == []
     assert [json.loads(d.body)["data"]["id"] for d in await deliveries(sessionmaker)] == [str(first.id),
                                                                                           str(second.id)]
+
+
+async def test_an_endpoint_failing_for_a_day_is_disabled_and_says_why(
+        settings: Settings, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    owner = await make_user(sessionmaker, Role.ADMIN)
+    async with sessionmaker() as session:
+        await webhooks.create_endpoint(session, owner_id=owner.id, url="http://127.0.0.1:9/x",
+                                       events=[webhooks.WebhookEvent.EVENT_ON_SALE], description=None,
+                                       allow_private=True)
+        await session.commit()
+    await make_event(sessionmaker, capacity=5)
+    policy = webhooks.RetryPolicy(delays=(3600.0,) * 100, disable_after=timedelta(days=1))
+    start = utcnow()
+    for hours in (0, 12, 24):  # an injected clock: attempts at these times all fail
+        now = start + timedelta(hours=hours, seconds=1)
+        async with sessionmaker() as session:
+            [attempt] = await webhooks.claim_due(session, now=now, lease=timedelta(seconds=30), limit=10)
+            await webhooks.record_attempt(session, attempt, response_status=500, error=None, policy=policy, now=now)
+            await session.commit()
+        async with sessionmaker() as session:
+            [endpoint] = await webhooks.list_endpoints(session, caller=identity_of(owner))
+        assert endpoint.active is (hours < 24)
+    assert endpoint.disabled_reason is not None and "HTTP 500" in endpoint.disabled_reason
+    [delivery] = await deliveries(sessionmaker)
+    assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 3
