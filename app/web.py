@@ -34,12 +34,13 @@ from app.db import create_engine, create_sessionmaker
 from app.errors import DomainError
 from app.fanout import TransportWSHandler
 from app.jobs import admission, run_every
+from app.jobs.webhooks import run_deliverer
 from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, error_response
 from app.pubsub import Broker
 from app.resolvers.context import AppServices, Context
 from app.schema.schema import create_schema
-from app.services import bookings
-from app.services.accounts import identity_from_authorization
+from app.services import apikeys, bookings
+from app.services.accounts import Identity, identity_from_authorization
 from app.services.payments import MockGateway
 from app.services.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from app.settings import Settings, load_settings
@@ -146,8 +147,7 @@ class GraphQLApp(GraphQL[Context, None]):
         identity = None
         if not isinstance(request, WebSocket):  # websockets authenticate in connection_init
             try:
-                identity = identity_from_authorization(request.headers.get("authorization"),
-                                                       self.services.settings)
+                identity = await self._authenticate(request.headers.get("authorization"))
             except DomainError as error:
                 # Refused outright, not read anonymously: the client learns to renew its token
                 # (no token at all still reads anonymously).
@@ -155,6 +155,17 @@ class GraphQLApp(GraphQL[Context, None]):
         return Context(self.services, identity, base_url=self._base_url(request),
                        client_ip=request.client.host if request.client else "unknown",
                        response=None if isinstance(request, WebSocket) else response)
+
+    async def _authenticate(self, header: str | None) -> Identity | None:
+        """A person's access token, or a partner's API key (looked up in the database on every
+        request, so that a revocation holds at once on every instance)."""
+        scheme, _, token = (header or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not apikeys.is_api_key(token.strip()):
+            return identity_from_authorization(header, self.services.settings)
+        async with self.services.sessionmaker() as session:
+            identity = await apikeys.authenticate(session, token.strip())
+            await session.commit()  # last_used_at
+        return identity
 
     async def on_ws_connect(self, context: Context) -> None:
         params = context.connection_params or {}
@@ -249,6 +260,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         sweeper = asyncio.create_task(run_sweeper(services, settings.sweep_interval_seconds), name="sweeper")
         admitter = asyncio.create_task(run_every("Admission", settings.admission_interval_seconds,
                                                  lambda: admission.tick(services)), name="admission")
+        deliverer = asyncio.create_task(run_deliverer(services), name="webhook-deliverer")
         # Everything loaded so far (modules, the schema, mappers: a quarter of the objects of a
         # worker holding 1,000 websockets) lives as long as the process. Freezing it takes it
         # out of every later full collection, whose pause is what subscribers wait through.
@@ -261,11 +273,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             metrics.worker_stopped()
             sweeper.cancel()
             admitter.cancel()
+            deliverer.cancel()
             await services.batcher.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-            with contextlib.suppress(asyncio.CancelledError):
-                await admitter
+            for job in (sweeper, admitter, deliverer):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
             await services.broker.stop()
             if isinstance(services.limiter, RedisRateLimiter):
                 await services.limiter.close()

@@ -61,6 +61,7 @@ class Booking(Base):
     # Held for a waitlist entry: its outcome moves the entry on (only then is it looked up).
     waitlist_offer: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     version: Mapped[int] = mapped_column(Integer, default=1)
+    external_reference: Mapped[str | None] = mapped_column(String(200))  # a partner's own order id
 
 
 class Payment(Base):

@@ -6,6 +6,7 @@ import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import id_or_none, parse_id
+from app.models import ApiScope
 from app.resolvers.base import run_mutation
 from app.schema.catalogue import (
     Event,
@@ -26,6 +27,7 @@ from app.services import bookings, catalogue, queue, reports
 class CatalogueQuery:
     @strawberry.field
     async def event(self, info: strawberry.Info, id: strawberry.ID) -> Event | None:
+        info.context.check_scope(ApiScope.CATALOGUE_READ)
         event_id = id_or_none(id)
         if event_id is None:
             return None
@@ -38,6 +40,7 @@ class CatalogueQuery:
     @strawberry.field(description="Events by start time. Drafts are listed to admins only.")
     async def events(self, info: strawberry.Info, filter: EventFilter | None = None,
                      first: int = 20, after: str | None = None) -> Connection[Event]:
+        info.context.check_scope(ApiScope.CATALOGUE_READ)
         flt = filter or EventFilter()
         identity = info.context.identity
         async with info.context.read_session() as session:
@@ -63,6 +66,7 @@ class CatalogueQuery:
 
     @strawberry.field
     async def venue(self, info: strawberry.Info, id: strawberry.ID) -> Venue | None:
+        info.context.check_scope(ApiScope.CATALOGUE_READ)
         venue_id = id_or_none(id)
         if venue_id is None:
             return None

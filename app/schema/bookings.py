@@ -83,6 +83,7 @@ class Booking:
     confirmed_at: datetime | None
     cancelled_at: datetime | None
     version: int
+    external_reference: str | None
     model: strawberry.Private[models.Booking]
 
     @classmethod
@@ -91,7 +92,7 @@ class Booking:
                    quantity=booking.quantity, total_cents=booking.total_cents,
                    currency=booking.currency, created_at=booking.created_at,
                    confirmed_at=booking.confirmed_at, cancelled_at=booking.cancelled_at,
-                   version=booking.version, model=booking)
+                   version=booking.version, external_reference=booking.external_reference, model=booking)
 
     @property
     def _lapsed(self) -> bool:
@@ -143,6 +144,8 @@ class ReserveInput:
     seat_ids: list[strawberry.ID] | None = None
     idempotency_key: str | None = None
     expected_version: int | None = None
+    external_reference: str | None = strawberry.field(
+        default=None, description="The partner's own order id, kept on the booking (at most 200 characters)")
 
 
 @strawberry.input

@@ -39,12 +39,22 @@ BAD_CREDENTIALS = "Email or password is incorrect"
 
 
 @dataclass(frozen=True)
+class KeyGrant:
+    """What a partner's API key allows (app/services/apikeys.py): its scopes and its own rate."""
+
+    prefix: str
+    scopes: frozenset[str]
+    rate_limit_per_minute: int
+
+
+@dataclass(frozen=True)
 class Identity:
-    """Who is calling, as proven by an access token."""
+    """Who is calling, as proven by an access token or an API key (`key` set)."""
 
     user_id: int
     role: str
     expires_at: datetime | None = None  # the token's; a websocket outlives it (see Context)
+    key: KeyGrant | None = None
 
     @property
     def is_admin(self) -> bool:

@@ -43,7 +43,7 @@ from app.models import (
     WaitlistStatus,
     utcnow,
 )
-from app.services import inventory, outbox, queue
+from app.services import inventory, outbox, queue, webhooks
 from app.services.accounts import Identity
 from app.services.holds import over_cap, write_holds
 from app.services.payments import PaymentDeclined, PaymentGateway
@@ -62,9 +62,18 @@ class HoldTimes:
     offer_seconds: int
 
 
-def record_booking_update(session: AsyncSession, booking: Booking, reason: str) -> None:
+# What partners hear of each booking change (app/services/webhooks.py).
+WEBHOOK_EVENTS = {BookingStatus.CONFIRMED: webhooks.WebhookEvent.BOOKING_CONFIRMED,
+                  BookingStatus.CANCELLED: webhooks.WebhookEvent.BOOKING_CANCELLED,
+                  BookingStatus.EXPIRED: webhooks.WebhookEvent.BOOKING_EXPIRED,
+                  WaitlistStatus.OFFERED: webhooks.WebhookEvent.WAITLIST_OFFERED}
+
+
+async def record_booking_update(session: AsyncSession, booking: Booking, reason: str) -> None:
+    """Tell the owner's subscriptions (after commit) and its webhooks (in this transaction)."""
     outbox.record(session, outbox.bookings_channel(booking.user_id),
                   {"bookingId": booking.id, "reason": reason})
+    await webhooks.enqueue(session, WEBHOOK_EVENTS[reason], webhooks.booking_data(booking), owner_id=booking.user_id)
 
 
 # --- idempotency --------------------------------------------------------------------------
@@ -129,6 +138,7 @@ class HoldRequest:
     quantity: int | None
     idempotency_key: str | None = None
     expected_version: int | None = None
+    external_reference: str | None = None
 
 
 def _check_request(event: Event, quantity: int | None, seat_ids: list[int] | None) -> int:
@@ -265,7 +275,8 @@ async def reserve_general(
         written = await write_holds(
             session, event_id=event_id, price_cents=taken.price_cents, currency=taken.currency,
             holders=[(requests[i].user_id, requests[i].quantity or 0) for i in granted],
-            expires_at=now + timedelta(seconds=holds.reservation_seconds), now=now)
+            expires_at=now + timedelta(seconds=holds.reservation_seconds), now=now,
+            external_references=[requests[i].external_reference for i in granted])
         for i, booking in zip(granted, written, strict=True):
             results[i] = booking
             await _remember(session, claims[i], booking.id)
@@ -356,6 +367,7 @@ async def reserve(
     expected_version: int | None,
     holds: HoldTimes,
     now: datetime | None = None,
+    external_reference: str | None = None,
 ) -> Booking:
     """Hold places for `user_id`: all of them or none, as one PENDING booking."""
     now = now or utcnow()
@@ -363,7 +375,7 @@ async def reserve(
         raise invalid_input("seatIds", f"At most {MAX_SEATS_PER_REQUEST} seats per request")
     if seat_ids is None:
         answers = await reserve_general(session, event_id=event_id, holds=holds, now=now, requests=[
-            HoldRequest(user_id, quantity, idempotency_key, expected_version)])
+            HoldRequest(user_id, quantity, idempotency_key, expected_version, external_reference)])
         if answers is not None:
             [answer] = answers
             if isinstance(answer, DomainError):
@@ -374,12 +386,13 @@ async def reserve(
             return answer
     return await _reserve_seats(session, user_id=user_id, event_id=event_id, quantity=quantity, seat_ids=seat_ids,
                                 idempotency_key=idempotency_key, expected_version=expected_version, holds=holds,
-                                now=now)
+                                now=now, external_reference=external_reference)
 
 
 async def _reserve_seats(
     session: AsyncSession, *, user_id: int, event_id: int, quantity: int | None, seat_ids: list[int] | None,
     idempotency_key: str | None, expected_version: int | None, holds: HoldTimes, now: datetime,
+    external_reference: str | None = None,
 ) -> Booking:
     """Reserved seating: these seats, or the best free ones. The event row is taken first (see
     `holds`), then the booking written, then its seats held; seats that turn out to be gone
@@ -427,7 +440,7 @@ async def _reserve_seats(
             refusal.keep_changes = True
         raise refusal
     [booking] = await write_holds(session, event_id=event.id, price_cents=0, currency=event.currency,
-                                   holders=[(user_id, quantity)], now=now,
+                                   holders=[(user_id, quantity)], now=now, external_references=[external_reference],
                                    expires_at=now + timedelta(seconds=holds.reservation_seconds))
     seats = await _hold_seats(session, booking, seat_ids)
     if len(seats) < quantity and not cleared_lapsed:
@@ -553,7 +566,7 @@ async def confirm(
     await _close_offer(session, booking, WaitlistStatus.CONVERTED)
     await _remember(session, claim, booking.id)
     await session.flush()
-    record_booking_update(session, booking, BookingStatus.CONFIRMED)
+    await record_booking_update(session, booking, BookingStatus.CONFIRMED)
     return booking, payment
 
 
@@ -576,7 +589,7 @@ async def _void(session: AsyncSession, booking: Booking, gateway: PaymentGateway
     booking.cancelled_at = now
     booking.expires_at = None
     booking.version += 1
-    record_booking_update(session, booking, BookingStatus.CANCELLED)
+    await record_booking_update(session, booking, BookingStatus.CANCELLED)
     return refund
 
 
@@ -637,6 +650,8 @@ async def cancel_event(session: AsyncSession, *, event_id: int, gateway: Payment
     event.status = EventStatus.CANCELLED
     event.available = event.capacity
     event.version += 1
+    await webhooks.enqueue(session, webhooks.WebhookEvent.EVENT_CANCELLED,
+                           webhooks.event_data(event.id, event.status, event.available), now=now)
     await session.flush()
     inventory.record_availability(session, event, changed)
     return event
@@ -690,7 +705,7 @@ async def _offer_to_waitlist(session: AsyncSession, *, event_id: int, holds: Hol
             changed += [(seat_id, SeatStatus.HELD) for seat_id, _ in seats]
         entry.status = WaitlistStatus.OFFERED
         entry.offer_booking_id = offer.id
-        record_booking_update(session, offer, WaitlistStatus.OFFERED)
+        await record_booking_update(session, offer, WaitlistStatus.OFFERED)
     inventory.record_availability(session, state, changed)
     await session.flush()
 
@@ -718,7 +733,7 @@ async def expire_lapsed(session: AsyncSession, *, holds: HoldTimes, now: datetim
             seats_by_event[booking.event_id] += await inventory.set_seats_status(
                 session, booking_id=booking.id, status=SeatStatus.AVAILABLE)
         await _close_offer(session, booking, WaitlistStatus.EXPIRED)
-        record_booking_update(session, booking, BookingStatus.EXPIRED)
+        await record_booking_update(session, booking, BookingStatus.EXPIRED)
     for lapsed_event_id in sorted(places_by_event):
         state = await inventory.return_places(session, event_id=lapsed_event_id,
                                               quantity=places_by_event[lapsed_event_id])

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import DomainError, ErrorCode, invalid_input, not_found, parse_id
 from app.models import Event, EventStatus, Seat, SeatStatus, Venue, utcnow
-from app.services import inventory
+from app.services import inventory, webhooks
 
 MAX_SEATS = 100_000
 # Seat maps are read whole (Event.seatMap), so their shape is bounded too.
@@ -288,6 +288,8 @@ async def publish_event(session: AsyncSession, *, event_id: int, now: datetime |
         raise DomainError(ErrorCode.INVALID_STATE, f"Only a draft can be published (it is {event.status})")
     event.status = _published_status(event.sales_start_at, now or utcnow())
     event.version += 1
+    await webhooks.enqueue(session, webhooks.WebhookEvent.EVENT_ON_SALE,
+                           webhooks.event_data(event.id, event.status, event.available))
     await session.flush()
     inventory.record_availability(session, event)
     return event

@@ -29,14 +29,17 @@ def new_reference() -> str:
 
 async def write_holds(session: AsyncSession, *, event_id: int, price_cents: int, currency: str,
                 holders: Sequence[tuple[int, int]], expires_at: datetime, now: datetime,
-                waitlist_offer: bool = False) -> list[Booking]:
-    """One PENDING booking per (user id, quantity), in one statement, in the order given."""
+                waitlist_offer: bool = False, external_references: Sequence[str | None] | None = None) -> list[Booking]:
+    """One PENDING booking per (user id, quantity), in one statement, in the order given;
+    `external_references` (partners' order ids) one per holder, when given."""
     if not holders:
         return []
+    references = external_references or [None] * len(holders)
     rows = [dict(reference=new_reference(), user_id=user_id, event_id=event_id, status=BookingStatus.PENDING,
                  quantity=quantity, seat_ids=None, total_cents=price_cents * quantity, currency=currency,
-                 created_at=now, expires_at=expires_at, waitlist_offer=waitlist_offer, version=1)
-            for user_id, quantity in holders]
+                 created_at=now, expires_at=expires_at, waitlist_offer=waitlist_offer, version=1,
+                 external_reference=external_reference)
+            for (user_id, quantity), external_reference in zip(holders, references, strict=True)]
     result = await session.scalars(insert(Booking).returning(Booking, sort_by_parameter_order=True), rows)
     return list(result.all())
 
