@@ -75,6 +75,8 @@ class Settings:
     db_max_overflow: int = 20
     # Off in production to hide the schema from strangers (clients ship their documents).
     graphql_introspection: bool = True
+    # Encrypts the ticket signing keys stored in the database (empty: stored unencrypted).
+    ticket_key_secret: str = ""
 
     @property
     def is_sqlite(self) -> bool:
@@ -121,6 +123,7 @@ _FIELDS = {
     "DB_POOL_SIZE": ("db_pool_size", int),
     "DB_MAX_OVERFLOW": ("db_max_overflow", int),
     "GRAPHQL_INTROSPECTION": ("graphql_introspection", boolean),
+    "TICKET_KEY_SECRET": ("ticket_key_secret", str),
 }
 
 

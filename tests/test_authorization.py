@@ -65,6 +65,7 @@ class World:
     confirmed_id: int
     entry_id: int
     secrets: list[str]  # what only the owner (and admins) may ever see
+    owner_id: int = 0
 
 
 _worlds = itertools.count(1)
@@ -117,7 +118,7 @@ async def build_world(sessionmaker: async_sessionmaker[AsyncSession], settings: 
                 "admin": token_for(admin, settings)},
         owner_email=owner.email, owner_refresh=signed_in.refresh_token, venue_id=venue.id,
         event_id=event.id, draft_id=draft.id, waitlisted_id=waitlisted.id, full_id=full.id,
-        pending_id=pending.id, confirmed_id=paid.id, entry_id=entry.id, secrets=secrets)
+        pending_id=pending.id, confirmed_id=paid.id, entry_id=entry.id, secrets=secrets, owner_id=owner.id)
 
 
 BOOKING = "id reference status user { email } ticketUrl tickets { code url } event { id }"
@@ -227,12 +228,23 @@ CASES = [
     Case("leaveWaitlist", "leaveWaitlist",
          f"mutation($id: ID!) {{ leaveWaitlist(id: $id) {{ entry {{ {WAITLIST_ENTRY} }} {ERRORS} }} }}",
          lambda w, r: {"id": str(w.entry_id)}, OWNER_ONLY),
+    # --- the door: staff (tests/test_checkin.py) and admins ---
+    Case("checkIn", "checkIn",
+         f"""mutation($code: String!, $id: ID!) {{ checkIn(input: {{code: $code, eventId: $id}}) {{
+           result checkedInAt gate {ERRORS} }} }}""",
+         lambda w, r: {"code": w.secrets[4], "id": str(w.event_id)}, ADMIN_ONLY),
+    Case("revokedTickets", "revokedTickets", "query($id: ID!) { revokedTickets(eventId: $id) }",
+         lambda w, r: {"id": str(w.event_id)}, (UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, EMPTY)),
+    Case("setUserRole", "setUserRole",
+         f"mutation($id: ID!) {{ setUserRole(userId: $id, role: STAFF) {{ user {{ id role }} {ERRORS} }} }}",
+         lambda w, r: {"id": str(w.owner_id)}, ADMIN_ONLY),
 ]
 
 SUBSCRIPTION_CASES = {
     # field: expected per role (anonymous, owner, other, admin); "ok" means the subscription runs.
     "eventAvailability": (OK, OK, OK, OK),
     "myBookingUpdates": (UNAUTHENTICATED, OK, OK, OK),
+    "checkInCounts": (UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, OK),  # tests/test_checkin.py runs it
 }
 
 
@@ -387,7 +399,8 @@ async def test_ticket_codes_cannot_be_guessed_or_forged(gql: GraphQLClient, sett
     codes = [booking["ticketUrl"].rsplit("/", 1)[1]] + [t["code"] for t in booking["tickets"]]
     assert len(set(codes)) == len(codes) == 3
     alphabet = set(string.ascii_letters + string.digits + "-_")
-    assert all(len(code) == 43 and set(code) <= alphabet for code in codes)  # 256 random bits each
+    assert len(codes[0]) == 43 and set(codes[0]) <= alphabet  # the booking's: 256 random bits
+    assert all(code.count(".") == 2 and set(code) <= alphabet | {"."} for code in codes[1:])  # tickets': signed
     for code in codes:
         assert (await gql.http.get(f"/tickets/{code}")).status_code == 200
 

@@ -13,10 +13,11 @@ from app.models.bookings import (
     TicketStatus,
 )
 from app.models.catalogue import Event, EventStatus, Seat, SeatStatus, Venue
+from app.models.checkin import CheckInScan, TicketKey, TicketKeyStatus
 from app.models.waitlist import WaitlistEntry, WaitlistStatus
 
 __all__ = [
-    "Base", "Booking", "BookingStatus", "Event", "EventStatus", "IdempotencyKey", "Payment",
+    "Base", "Booking", "BookingStatus", "CheckInScan", "Event", "EventStatus", "IdempotencyKey", "Payment",
     "PaymentKind", "PaymentStatus", "RefreshToken", "Role", "Seat", "SeatStatus", "Ticket",
-    "TicketStatus", "User", "Venue", "WaitlistEntry", "WaitlistStatus", "utcnow",
+    "TicketKey", "TicketKeyStatus", "TicketStatus", "User", "Venue", "WaitlistEntry", "WaitlistStatus", "utcnow",
 ]

@@ -59,7 +59,7 @@ class CatalogueQuery:
             places_held=sales.places_held, places_free=sales.places_free, revenue=sales.revenue_cents,
             currency=sales.currency, holds_created=sales.holds_created, holds_confirmed=sales.holds_confirmed,
             conversion_rate=sales.conversion_rate, cancellations=sales.cancellations,
-            expired_holds=sales.expired_holds, waitlist_length=sales.waitlist_length)
+            expired_holds=sales.expired_holds, waitlist_length=sales.waitlist_length, checked_in=sales.checked_in)
 
     @strawberry.field
     async def venue(self, info: strawberry.Info, id: strawberry.ID) -> Venue | None:

@@ -140,3 +140,11 @@ class Context:
         if not identity.is_admin:
             raise DomainError(ErrorCode.FORBIDDEN, "Only administrators can do this")
         return identity
+
+    def require_checkin(self) -> Identity:
+        """The door's permission: check-in and revoked tickets (STAFF or ADMIN). The one
+        place to widen it, e.g. to an API key with the CHECKIN scope."""
+        identity = self.require_user()
+        if not identity.can_check_in:
+            raise DomainError(ErrorCode.FORBIDDEN, "Only door staff and administrators can do this")
+        return identity

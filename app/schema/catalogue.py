@@ -234,6 +234,7 @@ class EventSales:
     cancellations: int
     expired_holds: int
     waitlist_length: int = strawberry.field(description="Entries still WAITING")
+    checked_in: int = strawberry.field(description="Tickets scanned in at the door")
 
     @strawberry.field(deprecation_reason="GraphQL Int is 32-bit: use revenue, which always fits")
     def revenue_cents(self) -> int:
