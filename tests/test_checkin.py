@@ -16,6 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from playwright.async_api import async_playwright
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,6 +30,7 @@ from app.web import create_app
 from tests.conftest import GraphQLClient
 from tests.factories import identity_of, make_event, make_user, token_for
 from tests.servers import MESSAGE_TIMEOUT, http_client, serve_in_process, subscribe
+from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, require_chromium
 
 HOLDS = bookings.HoldTimes(reservation_seconds=300, offer_seconds=600)
 CHECK_IN = """mutation($input: CheckInInput!) { checkIn(input: $input) {
@@ -361,3 +363,74 @@ async def test_the_first_key_is_made_once_under_concurrency(sessionmaker: async_
     kids = await asyncio.gather(*(first_signature(n) for n in range(5)))
     async with sessionmaker() as session:
         assert len(set(kids)) == 1 and await session.scalar(select(func.count()).select_from(TicketKey)) == 1
+
+
+# --- the door page in a real browser ------------------------------------------------------
+
+async def test_the_door_page_online_then_offline(settings: Settings,
+                                                 sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """/checkin on a phone-sized Chromium: a real ticket is let in, its second scan and a forged
+    code are refused; with the network gone a ticket is checked on the device, queued, and
+    uploaded when the network is back."""
+    require_chromium()
+    event = await make_event(sessionmaker)
+    _, [first, second] = await sell(sessionmaker, event)
+    await asyncio.to_thread(cli.create_account, settings, "gate@example.com", "gate password", "Gate", Role.STAFF)
+    header, payload, _ = first.split(".")
+    forged = f"{header}.{payload}.{b64(bytes(64))}"
+    problems: list[str] = []
+    async with serve_in_process(create_app(settings)) as address, async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                                   headless=True, timeout=30_000)
+        try:
+            context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+            context.set_default_timeout(TIMEOUT_MS)
+            page = await context.new_page()
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+            await page.goto(f"http://{address}/checkin?event={event.id}")
+            await page.fill("#login-email", "gate@example.com")
+            await page.fill("#login-password", "gate password")
+            await page.click("#login-form button")
+            await page.wait_for_selector("#door:not([hidden])")
+            assert await page.is_hidden("#login-form")
+            await page.fill("#gate", "North")
+
+            async def scan(code: str, result: str, offline: bool = False) -> None:
+                await page.evaluate("document.querySelector('#answer').dataset.result = ''")
+                await page.fill("#code", code)
+                await page.click("#scan-form button")
+                await page.wait_for_selector(f'#answer[data-result="{result}"][data-offline="{str(offline).lower()}"]')
+
+            await scan(first, "OK")
+            assert await page.get_attribute("#answer", "class") == "ok"
+            await scan(first, "ALREADY_CHECKED_IN")
+            assert await page.get_attribute("#answer", "class") == "bad"
+            assert "North" in (await page.text_content("#answer") or "")
+            await scan(forged, "TICKET_INVALID")
+            assert await page.evaluate("document.documentElement.scrollWidth") <= 390  # fits the phone
+
+            # The network drops: the device decides with the keys it fetched, and queues.
+            await page.wait_for_function("(JSON.parse(localStorage.getItem('bme.door.jwks')) || {keys: []})"
+                                         ".keys.length")
+            await context.set_offline(True)
+            await scan(second, "OK", offline=True)
+            await page.wait_for_selector("#queued:text-is('1')")
+            await scan(second, "ALREADY_CHECKED_IN", offline=True)
+            await scan(forged, "TICKET_INVALID", offline=True)
+            await page.screenshot(path=ARTIFACTS / "checkin-offline.png", full_page=True)
+            async with sessionmaker() as session:
+                ticket = await session.scalar(select(Ticket).where(Ticket.code == second))
+                assert ticket is not None and ticket.checked_in_at is None
+
+            # Back online: the queued scan is uploaded with its own time and gate.
+            await context.set_offline(False)
+            await page.wait_for_selector("#queued:text-is('0')")
+            async with sessionmaker() as session:
+                ticket = await session.scalar(select(Ticket).where(Ticket.code == second))
+                assert ticket is not None and ticket.checked_in_gate == "North" and ticket.checked_in_at is not None
+                assert await session.scalar(select(func.count()).select_from(CheckInScan)) >= 1
+            # Failed loads while offline are what the console reports for a dropped network.
+            assert [p for p in problems if "ERR_INTERNET_DISCONNECTED" not in p] == []
+        finally:
+            await browser.close()
