@@ -148,6 +148,7 @@ async def test_keys_are_encrypted_with_the_secret_when_one_is_set(
 
 # --- check-in -----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])  # the embedded mode checks in too
 async def test_first_scan_ok_second_already_same_nonce_same_answer(
         gql: GraphQLClient, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     event = await make_event(sessionmaker)
@@ -347,6 +348,17 @@ async def test_ticket_page_in_the_venues_time_with_a_qr_code(
     text = page.text
     assert "<svg" in text and "Summer Night" in text and "Sat 12 Jul 2031, 18:00 WEST" in text
     assert "25.00 USD" in text and buyer.name in text and "@media print" in text
+
+
+async def test_venues_say_their_timezone(gql: GraphQLClient, settings: Settings,
+                                         sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    token = token_for(await make_user(sessionmaker, Role.ADMIN), settings)
+    create = """mutation($tz: String!) { createVenue(input: {name: "Teatro", address: "Rua 1", city: "Lisboa",
+      country: "Portugal", capacity: 100, timezone: $tz}) { venue { timezone } errors { code field } } }"""
+    made = (await gql(create, {"tz": "Europe/Lisbon"}, token))["createVenue"]
+    assert made == {"venue": {"timezone": "Europe/Lisbon"}, "errors": []}
+    refused = (await gql(create, {"tz": "Mars/Olympus"}, token))["createVenue"]
+    assert refused == {"venue": None, "errors": [{"code": "INVALID_INPUT", "field": "timezone"}]}
 
 
 async def test_the_first_key_is_made_once_under_concurrency(sessionmaker: async_sessionmaker[AsyncSession]) -> None:

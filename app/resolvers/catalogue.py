@@ -78,7 +78,7 @@ class CatalogueMutation:
             info.context.require_admin()
             venue = await catalogue.create_venue(
                 session, name=input.name, address=input.address, city=input.city,
-                country=input.country, capacity=input.capacity)
+                country=input.country, capacity=input.capacity, timezone=input.timezone)
             return VenuePayload(venue=Venue.from_model(venue))
         return await run_mutation(info, VenuePayload, work)
 

@@ -39,11 +39,12 @@ class Venue:
     city: str
     country: str
     capacity: int
+    timezone: str = strawberry.field(description="IANA name; tickets show the event's time in it")
 
     @classmethod
     def from_model(cls, venue: models.Venue) -> Venue:
         return cls(id=strawberry.ID(str(venue.id)), name=venue.name, address=venue.address,
-                   city=venue.city, country=venue.country, capacity=venue.capacity)
+                   city=venue.city, country=venue.country, capacity=venue.capacity, timezone=venue.timezone)
 
 
 @strawberry.type
@@ -157,6 +158,7 @@ class VenueInput:
     city: str
     country: str
     capacity: int
+    timezone: str = strawberry.field(default="UTC", description="IANA name, e.g. Europe/Lisbon")
 
 
 @strawberry.input
