@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -166,6 +167,21 @@ async def test_first_scan_ok_second_already_same_nonce_same_answer(
     assert (replay["result"], replay["checkedInAt"], replay["gate"]) == ("OK", first["checkedInAt"], "North")
     async with sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(CheckInScan)) == 2
+
+
+async def test_codes_issued_before_signing_still_check_in(
+        gql: GraphQLClient, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker)
+    _, [code, _] = await sell(sessionmaker, event)
+    legacy = secrets.token_urlsafe(32)  # what confirm wrote before codes were signed
+    async with sessionmaker() as session:
+        await session.execute(update(Ticket).where(Ticket.code == code).values(code=legacy))
+        await session.commit()
+    token = await staff_token(sessionmaker, settings)
+    assert (await gql(CHECK_IN, {"input": {"code": legacy, "eventId": str(event.id)}}, token))["checkIn"]["result"] \
+        == "OK"
+    guessed = (await gql(CHECK_IN, {"input": {"code": secrets.token_urlsafe(32)}}, token))["checkIn"]
+    assert [e["code"] for e in guessed["errors"]] == ["TICKET_INVALID"]
 
 
 async def test_two_gates_at_once_one_ok(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:

@@ -80,6 +80,7 @@ function remember(code, at, gate) {
   save(STORE.seen, seen);
 }
 
+const TICKET_ANSWERS = { TICKET_INVALID: true, TICKET_REVOKED: true };
 const REFUSALS = {
   TICKET_INVALID: "Not a valid ticket",
   TICKET_REVOKED: "Cancelled ticket",
@@ -175,7 +176,9 @@ async function upload() {
   try {
     for (const queued of load(STORE.queue, [])) {
       const { code, eventId, gate, scannedAt, nonce } = queued;
-      await post(CHECK_IN, { input: { code, eventId, gate, scannedAt, nonce } });
+      const answer = (await post(CHECK_IN, { input: { code, eventId, gate, scannedAt, nonce } })).checkIn;
+      // Answered about the ticket: done. Refused for other reasons (a rate limit, signed out): kept.
+      if (answer.errors.length && !(answer.errors[0].code in TICKET_ANSWERS)) break;
       save(STORE.queue, load(STORE.queue, []).filter((item) => item.nonce !== nonce));
       showQueue();
     }
