@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import html
+import io
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -196,6 +197,10 @@ dl{display:grid;grid-template-columns:auto 1fr;gap:.2rem .8rem;margin:0}dt{color
 """
 
 
+def _qr(code: str) -> segno.QRCode:
+    return segno.make(code, error="m")
+
+
 def _money(cents: int, currency: str) -> str:
     return f"{cents / 100:,.2f} {currency}"
 
@@ -206,7 +211,7 @@ def _ticket_html(found: dict[str, Any]) -> str:
     when = f"{starts:%a %d %b %Y, %H:%M} {starts.tzname()}"
     cards = "".join(
         f'<section class="ticket {e(t["status"])}">'
-        f'{segno.make(t["code"], error="m").svg_inline(scale=4, title="Ticket code")}'
+        f'{_qr(t["code"]).svg_inline(scale=4, title="Ticket code")}'
         f"<dl><dt>Seat</dt><dd>{e(t['seat'] or 'General admission')}</dd>"
         f"<dt>Price</dt><dd>{e(_money(t['priceCents'], found['currency']))}</dd>"
         f'<dt>Status</dt><dd class="status">{e(t["status"].replace("_", " ").lower())}</dd></dl>'
@@ -233,6 +238,19 @@ async def ticket(request: Request) -> Response:
         return JSONResponse({"error": "No valid ticket with this code"}, status_code=404) if wants_json \
             else HTMLResponse("<h1>No valid ticket with this code</h1>", status_code=404)
     return JSONResponse(found) if wants_json else HTMLResponse(_ticket_html(found))
+
+
+async def ticket_qr(request: Request) -> Response:
+    """A valid code's QR code as an SVG image (the buyer's page shows it)."""
+    services: AppServices = request.app.state.services
+    code = request.path_params["code"]
+    async with services.sessionmaker() as session:
+        found = await bookings.find_tickets(session, code)
+    if found is None:
+        return Response(status_code=404)
+    image = io.BytesIO()
+    _qr(code).save(image, kind="svg", scale=4, title="Ticket code")
+    return Response(image.getvalue(), media_type="image/svg+xml", headers={"Cache-Control": "private, max-age=300"})
 
 
 async def ticket_keys(request: Request) -> Response:
@@ -295,6 +313,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/tickets/{code}", ticket),
+            Route("/tickets/{code}/qr.svg", ticket_qr),
             Route("/.well-known/ticket-keys", ticket_keys),
             Route("/checkin", checkin_page),
             Route("/metrics", metrics.metrics_endpoint),
