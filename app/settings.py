@@ -101,6 +101,8 @@ class Settings:
     webhook_timeout_seconds: float = 10.0
     webhook_poll_interval_seconds: float = 1.0
     webhook_concurrency: int = 32  # deliveries in flight per process
+    # Encrypts the ticket signing keys stored in the database (empty: stored unencrypted).
+    ticket_key_secret: str = ""
 
     @property
     def is_sqlite(self) -> bool:
@@ -172,6 +174,7 @@ _FIELDS = {
     "WEBHOOK_TIMEOUT_SECONDS": ("webhook_timeout_seconds", float),
     "WEBHOOK_POLL_INTERVAL_SECONDS": ("webhook_poll_interval_seconds", float),
     "WEBHOOK_CONCURRENCY": ("webhook_concurrency", int),
+    "TICKET_KEY_SECRET": ("ticket_key_secret", str),
 }
 
 

@@ -70,6 +70,7 @@ class World:
     spare_key_id: int  # an API key for the admin to rotate and revoke
     webhook_id: int  # owned by the WEBHOOKS_MANAGE key
     delivery_id: int  # of that webhook
+    owner_id: int = 0
 
 
 _worlds = itertools.count(1)
@@ -144,7 +145,7 @@ async def build_world(sessionmaker: async_sessionmaker[AsyncSession], settings: 
         owner_email=owner.email, owner_refresh=signed_in.refresh_token, venue_id=venue.id,
         event_id=event.id, draft_id=draft.id, waitlisted_id=waitlisted.id, full_id=full.id, queued_id=queued.id,
         pending_id=pending.id, confirmed_id=paid.id, entry_id=entry.id, secrets=secrets,
-        spare_key_id=keys["spare"][0].id, webhook_id=hook.id, delivery_id=delivery_id or 0)
+        spare_key_id=keys["spare"][0].id, webhook_id=hook.id, delivery_id=delivery_id or 0, owner_id=owner.id)
 
 
 BOOKING = "id reference status user { email } ticketUrl tickets { code url } event { id }"
@@ -290,6 +291,16 @@ CASES = [
     Case("resendWebhookDelivery", "resendWebhookDelivery",
          f"mutation($id: ID!) {{ resendWebhookDelivery(id: $id) {{ webhook {{ id }} {ERRORS} }} }}",
          lambda w, r: {"id": str(w.delivery_id)}, ADMIN_ONLY),
+    # --- the door: staff (tests/test_checkin.py) and admins ---
+    Case("checkIn", "checkIn",
+         f"""mutation($code: String!, $id: ID!) {{ checkIn(input: {{code: $code, eventId: $id}}) {{
+           result checkedInAt gate {ERRORS} }} }}""",
+         lambda w, r: {"code": w.secrets[4], "id": str(w.event_id)}, ADMIN_ONLY),
+    Case("revokedTickets", "revokedTickets", "query($id: ID!) { revokedTickets(eventId: $id) }",
+         lambda w, r: {"id": str(w.event_id)}, (UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, EMPTY)),
+    Case("setUserRole", "setUserRole",
+         f"mutation($id: ID!) {{ setUserRole(userId: $id, role: STAFF) {{ user {{ id role }} {ERRORS} }} }}",
+         lambda w, r: {"id": str(w.owner_id)}, ADMIN_ONLY),
 ]
 
 # What a partner's key holding one scope gets, per case, in KEY_ROLES order: CATALOGUE_READ,
@@ -318,6 +329,8 @@ KEY_CASES = {
     "cancelBooking confirmed": BOOKING_WRITE,
     "joinWaitlist": NO_KEY, "leaveWaitlist": NO_KEY,
     "myQueueTicket": NO_KEY, "joinQueue": NO_KEY, "leaveQueue": NO_KEY, "setWaitingRoom": NO_KEY,
+    "checkIn": (FORBIDDEN,) * 4 + (OK,), "revokedTickets": (FORBIDDEN,) * 4 + (EMPTY,),  # the door's scanners
+    "setUserRole": NO_KEY,
     "apiKeys": NO_KEY, "createApiKey": NO_KEY, "rotateApiKey": NO_KEY, "revokeApiKey": NO_KEY,
     "webhooks": WEBHOOKS, "createWebhook": WEBHOOKS, "deleteWebhook": WEBHOOKS, "resendWebhookDelivery": WEBHOOKS,
 }
@@ -331,6 +344,7 @@ SUBSCRIPTION_CASES = {
     "eventAvailability": (OK, OK, OK, OK),
     "myBookingUpdates": (UNAUTHENTICATED, OK, OK, OK),
     "queueStatus": (UNAUTHENTICATED, OK, NOT_FOUND, NOT_FOUND),  # one's own ticket only
+    "checkInCounts": (UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, OK),  # tests/test_checkin.py runs it
 }
 
 
@@ -492,7 +506,8 @@ async def test_ticket_codes_cannot_be_guessed_or_forged(gql: GraphQLClient, sett
     codes = [booking["ticketUrl"].rsplit("/", 1)[1]] + [t["code"] for t in booking["tickets"]]
     assert len(set(codes)) == len(codes) == 3
     alphabet = set(string.ascii_letters + string.digits + "-_")
-    assert all(len(code) == 43 and set(code) <= alphabet for code in codes)  # 256 random bits each
+    assert len(codes[0]) == 43 and set(codes[0]) <= alphabet  # the booking's: 256 random bits
+    assert all(code.count(".") == 2 and set(code) <= alphabet | {"."} for code in codes[1:])  # tickets': signed
     for code in codes:
         assert (await gql.http.get(f"/tickets/{code}")).status_code == 200
 

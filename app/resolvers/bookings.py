@@ -108,7 +108,8 @@ class BookingMutation:
                 session, caller=_partner_write(info, input.idempotency_key),
                 booking_id=parse_id(input.booking_id, "bookingId"),
                 payment_token=input.payment_token, payment_method=input.payment_method or "card",
-                idempotency_key=input.idempotency_key, gateway=info.context.services.gateway)
+                idempotency_key=input.idempotency_key, gateway=info.context.services.gateway,
+                ticket_key_secret=info.context.settings.ticket_key_secret)
             return ConfirmPayload(booking=Booking.from_model(booking), payment=Payment.from_model(payment))
         return await run_mutation(info, ConfirmPayload, work)
 

@@ -62,7 +62,7 @@ class CatalogueQuery:
             places_held=sales.places_held, places_free=sales.places_free, revenue=sales.revenue_cents,
             currency=sales.currency, holds_created=sales.holds_created, holds_confirmed=sales.holds_confirmed,
             conversion_rate=sales.conversion_rate, cancellations=sales.cancellations,
-            expired_holds=sales.expired_holds, waitlist_length=sales.waitlist_length)
+            expired_holds=sales.expired_holds, waitlist_length=sales.waitlist_length, checked_in=sales.checked_in)
 
     @strawberry.field
     async def venue(self, info: strawberry.Info, id: strawberry.ID) -> Venue | None:
@@ -82,7 +82,7 @@ class CatalogueMutation:
             info.context.require_admin()
             venue = await catalogue.create_venue(
                 session, name=input.name, address=input.address, city=input.city,
-                country=input.country, capacity=input.capacity)
+                country=input.country, capacity=input.capacity, timezone=input.timezone)
             return VenuePayload(venue=Venue.from_model(venue))
         return await run_mutation(info, VenuePayload, work)
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from strawberry.dataloader import DataLoader
 
 from app.errors import DomainError, ErrorCode
-from app.models import Booking, Event, Seat, Ticket, User, Venue, utcnow
+from app.models import ApiScope, Booking, Event, Seat, Ticket, User, Venue, utcnow
 from app.pubsub import Broker
 from app.services import bookings, inventory
 from app.services.accounts import Identity
@@ -167,4 +167,15 @@ class Context:
         identity = self.require_user()
         if not identity.is_admin:
             raise DomainError(ErrorCode.FORBIDDEN, "Only administrators can do this")
+        return identity
+
+    def require_checkin(self) -> Identity:
+        """The door's permission: check-in and revoked tickets (STAFF, ADMIN, or an API key
+        with the CHECKIN scope, for a venue's own scanners)."""
+        identity = self._require_identity()
+        if identity.key is not None:
+            self.check_scope(ApiScope.CHECKIN)
+            return identity
+        if not identity.can_check_in:
+            raise DomainError(ErrorCode.FORBIDDEN, "Only door staff and administrators can do this")
         return identity

@@ -41,6 +41,7 @@ from app.errors import DomainError, ErrorCode
 from app.resolvers.accounts import AccountMutation, AccountQuery
 from app.resolvers.bookings import BookingMutation, BookingQuery
 from app.resolvers.catalogue import CatalogueMutation, CatalogueQuery
+from app.resolvers.checkin import CheckInMutation, CheckInQuery, CheckInSubscription
 from app.resolvers.partners import PartnerMutation, PartnerQuery
 from app.resolvers.queue import QueueMutation, QueueQuery, QueueSubscription
 from app.resolvers.realtime import RealtimeSubscription
@@ -55,10 +56,11 @@ MAX_TOKENS = 5000  # refuses absurd documents before they are even validated
 # milliseconds per request. Bounded, so unique junk documents cannot grow memory.
 DOCUMENT_CACHE_SIZE = 512
 
-Query = merge_types("Query", (AccountQuery, CatalogueQuery, BookingQuery, WaitlistQuery, QueueQuery, PartnerQuery))
+Query = merge_types("Query", (AccountQuery, CatalogueQuery, BookingQuery, WaitlistQuery, QueueQuery, PartnerQuery,
+                                CheckInQuery))
 Mutation = merge_types("Mutation", (AccountMutation, CatalogueMutation, BookingMutation, WaitlistMutation,
-                                    QueueMutation, PartnerMutation))
-Subscription = merge_types("Subscription", (RealtimeSubscription, QueueSubscription))
+                                    QueueMutation, PartnerMutation, CheckInMutation))
+Subscription = merge_types("Subscription", (RealtimeSubscription, QueueSubscription, CheckInSubscription))
 
 
 class CachedParsing(ParserCache):

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -38,6 +39,7 @@ from app.models import (
     SeatStatus,
     Ticket,
     TicketStatus,
+    User,
     Venue,
     WaitlistEntry,
     WaitlistStatus,
@@ -47,11 +49,14 @@ from app.services import inventory, outbox, queue, webhooks
 from app.services.accounts import Identity
 from app.services.holds import over_cap, write_holds
 from app.services.payments import PaymentDeclined, PaymentGateway
+from app.services.tickets import sign as sign_ticket
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 MAX_SEATS_PER_REQUEST = 100
 EXPIRY_BATCH = 500
-TICKET_CODE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # secrets.token_urlsafe's alphabet
+# Random codes (secrets.token_urlsafe: bookings, and tickets issued before codes were signed)
+# or signed ones (three base64url parts, app/services/tickets.py).
+TICKET_CODE = re.compile(r"[A-Za-z0-9_-]{1,64}|(?=.{1,512}$)[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -518,9 +523,11 @@ async def confirm(
     payment_method: str,
     idempotency_key: str | None,
     gateway: PaymentGateway,
+    ticket_key_secret: str = "",
     now: datetime | None = None,
 ) -> tuple[Booking, Payment]:
-    """Pay for a hold and turn it into tickets. A declined payment leaves the hold as it is."""
+    """Pay for a hold and turn it into tickets, each with a signed code (`ticket_key_secret`:
+    the deployment's TICKET_KEY_SECRET). A declined payment leaves the hold as it is."""
     now = now or utcnow()
     if not payment_token.strip() or len(payment_token) > 200:
         raise invalid_input("paymentToken", "paymentToken is required (at most 200 characters)")
@@ -557,8 +564,14 @@ async def confirm(
     booking.ticket_code = secrets.token_urlsafe(32)
     booking.version += 1
     seat_ids: list[int | None] = list(booking.seat_ids) if booking.seat_ids else [None] * booking.quantity
-    session.add_all(Ticket(booking_id=booking.id, code=secrets.token_urlsafe(32), seat_id=seat_id,
-                           status=TicketStatus.VALID) for seat_id in seat_ids)
+    # A code signs the ticket's id, known only once the row is written: a random stand-in first.
+    tickets = [Ticket(booking_id=booking.id, code=secrets.token_urlsafe(32), seat_id=seat_id,
+                      status=TicketStatus.VALID) for seat_id in seat_ids]
+    session.add_all(tickets)
+    await session.flush()
+    for ticket in tickets:
+        ticket.code = await sign_ticket(session, ticket_id=ticket.id, event_id=booking.event_id,
+                                        secret=ticket_key_secret)
     if booking.seat_ids:
         changed = await inventory.set_seats_status(session, booking_id=booking.id, status=SeatStatus.BOOKED)
         inventory.record_availability(session, await inventory.bump_version(session, event_id=booking.event_id),
@@ -584,7 +597,7 @@ async def _void(session: AsyncSession, booking: Booking, gateway: PaymentGateway
                          amount_cents=refunded.amount_cents, method=charge.method, created_at=now)
         session.add(refund)
         await session.execute(update(Ticket).where(Ticket.booking_id == booking.id)
-                              .values(status=TicketStatus.VOID))
+                              .values(status=TicketStatus.VOID, voided_at=now))
     booking.status = BookingStatus.CANCELLED
     booking.cancelled_at = now
     booking.expires_at = None
@@ -814,14 +827,33 @@ async def find_tickets(session: AsyncSession, code: str) -> dict[str, Any] | Non
     event = await session.get(Event, booking.event_id)
     assert event is not None
     venue = await session.get(Venue, event.venue_id)
+    holder = await session.get(User, booking.user_id)
     seat_ids = [t.seat_id for t in tickets if t.seat_id is not None]
     seats = {seat.id: seat for seat in await session.scalars(select(Seat).where(Seat.id.in_(seat_ids)))}
+    timezone = _zone(venue.timezone if venue else "UTC")
     return {
         "reference": booking.reference,
+        "eventId": str(event.id),
         "event": event.name,
         "venue": venue.name if venue else None,
+        "address": f"{venue.address}, {venue.city}" if venue else None,
         "startsAt": event.starts_at.isoformat(),
+        # The venue's own clock, as the people going there read it.
+        "startsAtLocal": event.starts_at.astimezone(timezone).isoformat(),
+        "timezone": timezone.key,
+        "holder": holder.name if holder else None,
+        "currency": booking.currency,
         "status": booking.status,
         "tickets": [{"code": t.code, "status": t.status,
-                     "seat": seats[t.seat_id].label if t.seat_id in seats else None} for t in tickets],
+                     "seat": seats[t.seat_id].label if t.seat_id in seats else None,
+                     "priceCents": seats[t.seat_id].price_cents if t.seat_id in seats
+                     else booking.total_cents // booking.quantity,
+                     "checkedInAt": t.checked_in_at.isoformat() if t.checked_in_at else None} for t in tickets],
     }
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):  # a name this machine's tz database lacks
+        return ZoneInfo("UTC")

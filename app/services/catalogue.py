@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -118,8 +119,18 @@ def seat_map_capacity(seat_map: list[dict[str, Any]]) -> int:
 
 # --- venues -------------------------------------------------------------------------------
 
+def _timezone(name: str) -> str:
+    """An IANA zone this machine knows (tickets show times in it)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise invalid_input("timezone", "timezone must be an IANA name, e.g. Europe/Lisbon") from None
+    return name
+
+
 async def create_venue(
-    session: AsyncSession, *, name: str, address: str, city: str, country: str, capacity: int
+    session: AsyncSession, *, name: str, address: str, city: str, country: str, capacity: int,
+    timezone: str = "UTC",
 ) -> Venue:
     venue = Venue(
         name=_text("name", name, max_length=200),
@@ -127,6 +138,7 @@ async def create_venue(
         city=_text("city", city, max_length=100),
         country=_text("country", country, max_length=100),
         capacity=_int_in("capacity", capacity, 1, MAX_CAPACITY),
+        timezone=_timezone(timezone),
         created_at=utcnow(),
     )
     session.add(venue)
