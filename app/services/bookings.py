@@ -638,10 +638,7 @@ async def cancel_event(session: AsyncSession, *, event_id: int, gateway: Payment
                        now: datetime | None = None) -> Event:
     """Cancel an event: every hold and booking is voided (paid ones refunded), sales stop."""
     now = now or utcnow()
-    event = await session.scalar(select(Event).where(Event.id == event_id).with_for_update()
-                                 .execution_options(populate_existing=True))
-    if event is None:
-        raise not_found("Event")
+    event = await inventory.event_for_update(session, event_id)
     if event.status == EventStatus.CANCELLED:
         raise DomainError(ErrorCode.INVALID_STATE, "This event is already cancelled")
     active = (await session.scalars(

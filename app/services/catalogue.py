@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import DomainError, ErrorCode, invalid_input, not_found, parse_id
+from app.errors import DomainError, ErrorCode, invalid_input, parse_id
 from app.models import Event, EventStatus, Seat, SeatStatus, Venue, utcnow
 from app.services import inventory, webhooks
 
@@ -223,16 +223,6 @@ async def create_event(
     return event
 
 
-async def _event_for_update(session: AsyncSession, event_id: int) -> Event:
-    event = await session.scalar(
-        select(Event).where(Event.id == event_id).with_for_update().execution_options(
-            populate_existing=True)
-    )
-    if event is None:
-        raise not_found("Event")
-    return event
-
-
 async def update_event(
     session: AsyncSession,
     *,
@@ -241,7 +231,7 @@ async def update_event(
     changes: dict[str, Any],
 ) -> Event:
     """Change an event's details. `changes` holds only the fields the caller set."""
-    event = await _event_for_update(session, event_id)
+    event = await inventory.event_for_update(session, event_id)
     if expected_version is not None and expected_version != event.version:
         raise DomainError(ErrorCode.VERSION_CONFLICT, "The event changed since you read it",
                           current_version=event.version)
@@ -295,7 +285,7 @@ def _published_status(sales_start_at: datetime | None, now: datetime) -> str:
 
 async def publish_event(session: AsyncSession, *, event_id: int, now: datetime | None = None) -> Event:
     """DRAFT -> ON_SALE, or SCHEDULED when its sales start later (`open_due_sales` opens them)."""
-    event = await _event_for_update(session, event_id)
+    event = await inventory.event_for_update(session, event_id)
     if event.status != EventStatus.DRAFT:
         raise DomainError(ErrorCode.INVALID_STATE, f"Only a draft can be published (it is {event.status})")
     event.status = _published_status(event.sales_start_at, now or utcnow())

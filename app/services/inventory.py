@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, Protocol
 from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.errors import not_found
 from app.models import Booking, BookingStatus, Event, EventStatus, Seat, SeatStatus, WaitlistEntry, WaitlistStatus
 from app.services import outbox, webhooks
 
@@ -70,6 +71,16 @@ def record_availability(
 
 
 _EVENT_STATE = (Event.id, Event.available, Event.version, Event.status)
+
+
+async def event_for_update(session: AsyncSession, event_id: int) -> Event:
+    """The event, its row locked until the commit (changes that are not a take: details,
+    waiting room, cancellation); NOT_FOUND when there is none."""
+    event = await session.scalar(select(Event).where(Event.id == event_id).with_for_update()
+                                 .execution_options(populate_existing=True))
+    if event is None:
+        raise not_found("Event")
+    return event
 
 
 # What a take returns: the event's new state, and what writing its holds needs.

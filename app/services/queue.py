@@ -58,10 +58,7 @@ async def set_waiting_room(session: AsyncSession, *, event_id: int, config: Room
     """Give an event a waiting room, change it (rate, admission time, pause), or with None
     take it away: reserves are then open to everyone again."""
     now = now or utcnow()
-    event = await session.scalar(select(Event).where(Event.id == event_id).with_for_update()
-                                 .execution_options(populate_existing=True))
-    if event is None:
-        raise not_found("Event")
+    event = await inventory.event_for_update(session, event_id)
     if event.status == EventStatus.CANCELLED:
         raise DomainError(ErrorCode.INVALID_STATE, "A cancelled event cannot be changed")
     room = await session.get(WaitingRoom, event_id, with_for_update=True)
