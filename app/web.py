@@ -18,6 +18,7 @@ from cross_web import HTTPException
 from redis import asyncio as aioredis
 from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -54,6 +55,8 @@ MAX_BODY_BYTES = 256 * 1024  # a GraphQL document with variables; nothing legiti
 MAX_JSON_DEPTH = 32
 # What an HTTP-level refusal says in `extensions.code`, next to its status.
 HTTP_ERROR_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+# GraphQL over HTTP: a client that accepts this media type gets it, with 4xx for request errors.
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 STATIC_DIR = Path(__file__).parent / "static"
 
 
@@ -106,7 +109,24 @@ class GraphQLApp(GraphQL[Context, None]):
         except ClientDisconnect:
             logger.info("Client disconnected before sending the whole request")
             return
+        if _wants_graphql_response(scope) and response.media_type == "application/json":
+            response.headers["content-type"] = f"{GRAPHQL_RESPONSE_JSON}; charset=utf-8"
         await response(scope, receive, send)
+
+    async def execute_single(self, request: Request, request_adapter: Any, sub_response: Response,
+                             context: Context, root_value: None, request_data: Any) -> Any:
+        result = await super().execute_single(request, request_adapter, sub_response, context, root_value,
+                                              request_data)
+        # A status already set (429) says more than 400.
+        if _is_request_error(result) and _wants_graphql_response(request.scope) and not sub_response.status_code:
+            sub_response.status_code = 400
+        return result
+
+    async def process_result(self, request: Request, result: Any) -> Any:
+        response = await super().process_result(request, result)
+        if _is_request_error(result) and _wants_graphql_response(request.scope):
+            del response["data"]  # nothing was executed: the spec's request errors carry no data
+        return response
 
     def parse_json(self, data: str | bytes) -> Any:
         """Request bodies are a JSON object (or a batch): anything else, bytes that are not
@@ -153,6 +173,15 @@ class GraphQLApp(GraphQL[Context, None]):
                                                            self.services.settings)
         except DomainError:
             raise ConnectionRejectionError({"message": "Invalid or expired access token"}) from None
+
+
+def _wants_graphql_response(scope: Scope) -> bool:
+    return GRAPHQL_RESPONSE_JSON in Headers(scope=scope).get("accept", "")
+
+
+def _is_request_error(result: Any) -> bool:
+    """Refused before execution (parse, validation, variables, limits): errors with no path."""
+    return result.data is None and bool(result.errors) and all(error.path is None for error in result.errors)
 
 
 def _nesting_exceeds(value: Any, limit: int) -> bool:
@@ -259,7 +288,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/graphql", graphql, methods=["GET", "POST"]),
+            Route("/graphql", graphql),  # every method: GraphQLApp refuses the others as GraphQL JSON
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
