@@ -86,10 +86,17 @@ class Settings:
     # otherwise hold a connection as long as they like).
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 20.0
+    # Exact origins (comma-separated) of the browser pages on other sites that may call the API
+    # (CORS) and open its websockets; empty: same origin only.
+    cors_origins: str = ""
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def production(self) -> bool:
@@ -137,6 +144,7 @@ _FIELDS = {
     "WEBSOCKETS_PER_ADDRESS": ("websockets_per_address", int),
     "HEADER_TIMEOUT_SECONDS": ("header_timeout_seconds", float),
     "BODY_TIMEOUT_SECONDS": ("body_timeout_seconds", float),
+    "CORS_ORIGINS": ("cors_origins", str),
 }
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -34,7 +35,7 @@ from app import metrics
 from app.db import create_engine, create_sessionmaker
 from app.errors import DomainError
 from app.fanout import TransportWSHandler
-from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, error_response
+from app.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestIdMiddleware, error_response
 from app.pubsub import Broker
 from app.resolvers.context import AppServices, Context
 from app.schema.schema import create_schema
@@ -71,6 +72,8 @@ class GraphQLApp(GraphQL[Context, None]):
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
             connection_init_wait_timeout=CONNECTION_INIT_TIMEOUT,
             max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION,
+            # Browsers send Origin on every websocket: pages of other sites only when CORS allows them.
+            allowed_origins=services.settings.cors_origin_list,
         )
         self.services = services
         # Open websockets per client address, in this worker (each worker counts its own).
@@ -297,7 +300,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/", index),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
-        middleware=[Middleware(RequestIdMiddleware),
+        middleware=[Middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
+                               allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
+                               expose_headers=["Retry-After", REQUEST_ID_HEADER]),
+                    Middleware(RequestIdMiddleware),
                     Middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)],
         lifespan=lifespan,
     )

@@ -3,9 +3,17 @@ Relay ids, persisted queries, subscriptions over Server-Sent Events."""
 
 from __future__ import annotations
 
-import pytest
+from dataclasses import replace
 
-from tests.conftest import GraphQLClient
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from app.settings import Settings
+from app.web import create_app
+from tests.conftest import GraphQLClient, running_app
+from tests.servers import MESSAGE_TIMEOUT, serve_in_process
 
 GRJ = "application/graphql-response+json"
 
@@ -63,3 +71,65 @@ async def test_transport_errors_are_graphql_json(gql: GraphQLClient, method: str
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith(GRJ)
     assert response.json()["errors"][0]["extensions"]["code"]
+
+
+# --- CORS ------------------------------------------------------------------------------------
+
+SPA = "https://shop.example.com"
+STRANGER = "https://evil.example.net"
+
+
+@pytest.fixture
+def cors_settings(settings: Settings) -> Settings:
+    return replace(settings, cors_origins=f"{SPA}, https://other.example.org")
+
+
+async def test_cors_preflight_and_simple_requests(cors_settings: Settings, engine: AsyncEngine) -> None:
+    async with running_app(cors_settings) as (_, gql):
+        preflight = await gql.http.options("/graphql", headers={
+            "Origin": SPA, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == SPA
+        allowed_headers = preflight.headers["access-control-allow-headers"].lower()
+        assert "authorization" in allowed_headers and "content-type" in allowed_headers
+        assert "access-control-allow-credentials" not in preflight.headers
+
+        refused = await gql.http.options("/graphql", headers={
+            "Origin": STRANGER, "Access-Control-Request-Method": "POST"})
+        assert refused.status_code == 400
+        assert "access-control-allow-origin" not in refused.headers
+
+        simple = await gql.http.post("/graphql", json={"query": "{ events { totalCount } }"},
+                                     headers={"Origin": SPA})
+        assert simple.status_code == 200
+        assert simple.headers["access-control-allow-origin"] == SPA
+        assert "x-request-id" in simple.headers["access-control-expose-headers"].lower()
+        stranger = await gql.http.post("/graphql", json={"query": "{ events { totalCount } }"},
+                                       headers={"Origin": STRANGER})
+        assert "access-control-allow-origin" not in stranger.headers
+
+
+async def test_no_cors_by_default(gql: GraphQLClient) -> None:
+    preflight = await gql.http.options("/graphql", headers={"Origin": SPA, "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+async def _websocket_accepted(url: str, origin: str | None) -> bool:
+    try:
+        ws = await connect(url, subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+                           origin=origin, open_timeout=MESSAGE_TIMEOUT)  # type: ignore[arg-type]
+    except InvalidStatus as refused:
+        assert refused.response.status_code == 403
+        return False
+    await ws.close()
+    return True
+
+
+async def test_websocket_origin_follows_cors_origins(cors_settings: Settings, engine: AsyncEngine) -> None:
+    async with serve_in_process(create_app(cors_settings)) as address:
+        url = f"ws://{address}/graphql"
+        assert await _websocket_accepted(url, SPA)
+        assert not await _websocket_accepted(url, STRANGER)
+        assert await _websocket_accepted(url, f"http://{address}")  # the app's own pages
+        assert await _websocket_accepted(url, None)  # not a browser: a server, a CLI
