@@ -81,7 +81,8 @@ class BookingMutation:
                 session, caller=info.context.require_user(),
                 booking_id=parse_id(input.booking_id, "bookingId"),
                 payment_token=input.payment_token, payment_method=input.payment_method or "card",
-                idempotency_key=input.idempotency_key, gateway=info.context.services.gateway)
+                idempotency_key=input.idempotency_key, gateway=info.context.services.gateway,
+                expected_version=input.expected_version)
             return ConfirmPayload(booking=Booking.from_model(booking), payment=Payment.from_model(payment))
         return await run_mutation(info, ConfirmPayload, work)
 

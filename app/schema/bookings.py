@@ -151,6 +151,8 @@ class ConfirmInput:
     payment_token: str
     payment_method: str | None = "card"
     idempotency_key: str | None = None
+    expected_version: int | None = strawberry.field(
+        default=None, description="The booking's version as read: VERSION_CONFLICT if it changed since.")
 
 
 @strawberry.input

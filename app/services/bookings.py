@@ -494,9 +494,11 @@ async def confirm(
     payment_method: str,
     idempotency_key: str | None,
     gateway: PaymentGateway,
+    expected_version: int | None = None,
     now: datetime | None = None,
 ) -> tuple[Booking, Payment]:
-    """Pay for a hold and turn it into tickets. A declined payment leaves the hold as it is."""
+    """Pay for a hold and turn it into tickets. A declined payment leaves the hold as it is.
+    `expected_version` is the caller's optimistic check on the booking it read."""
     now = now or utcnow()
     if not payment_token.strip() or len(payment_token) > 200:
         raise invalid_input("paymentToken", "paymentToken is required (at most 200 characters)")
@@ -510,6 +512,9 @@ async def confirm(
         return replay, charge
 
     booking = await _booking_for_update(session, booking_id, caller, owner_only=True)
+    if expected_version is not None and expected_version != booking.version:
+        raise DomainError(ErrorCode.VERSION_CONFLICT, "The booking changed since you read it",
+                          field="expectedVersion", current_version=booking.version)
     if booking.status == BookingStatus.EXPIRED or (
         booking.status == BookingStatus.PENDING and booking.expires_at is not None
         and booking.expires_at <= now
