@@ -3,16 +3,19 @@ Relay ids, persisted queries, subscriptions over Server-Sent Events."""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
+from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from app.settings import Settings
 from app.web import create_app
 from tests.conftest import GraphQLClient, running_app
+from tests.factories import SMALL_SEAT_MAP, make_event, make_user, token_for
 from tests.servers import MESSAGE_TIMEOUT, serve_in_process
 
 GRJ = "application/graphql-response+json"
@@ -133,3 +136,59 @@ async def test_websocket_origin_follows_cors_origins(cors_settings: Settings, en
         assert not await _websocket_accepted(url, STRANGER)
         assert await _websocket_accepted(url, f"http://{address}")  # the app's own pages
         assert await _websocket_accepted(url, None)  # not a browser: a server, a CLI
+
+
+# --- Relay -----------------------------------------------------------------------------------
+
+NODE = """query($id: ID!) { node(id: $id) { __typename id globalId
+  ... on Event { name } ... on Venue { city } ... on Seat { label } ... on Booking { reference } } }"""
+
+
+def global_id(type_name: str, local_id: object) -> str:
+    return base64.b64encode(f"{type_name}:{local_id}".encode()).decode()
+
+
+async def test_node_fetches_every_type_by_its_global_id(gql: GraphQLClient, settings: Settings,
+                                                        sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, seat_map=SMALL_SEAT_MAP, name="Relay Night")
+    draft = await make_event(sessionmaker, publish=False)
+    owner, stranger = await make_user(sessionmaker), await make_user(sessionmaker)
+    read = await gql("""query($id: ID!) { event(id: $id) { id globalId venue { id globalId }
+                                          seats(first: 1) { id globalId } } }""", {"id": str(event.id)})
+    seat = read["event"]["seats"][0]
+    assert read["event"]["id"] == str(event.id)  # the contract's ids are as they were
+    assert read["event"]["globalId"] == global_id("Event", event.id)
+    assert seat["globalId"] == global_id("Seat", seat["id"])
+    reserved = await gql("""mutation($input: ReserveInput!) { reserveSeats(input: $input) {
+                              booking { id globalId reference } errors { code } } }""",
+                         {"input": {"eventId": str(event.id), "seatIds": [seat["id"]]}}, token_for(owner, settings))
+    booking = reserved["reserveSeats"]["booking"]
+    assert booking["globalId"] == global_id("Booking", booking["id"])
+
+    async def node(id: str, token: str | None = None) -> dict[str, Any] | None:
+        return (await gql(NODE, {"id": id}, token))["node"]
+
+    assert await node(read["event"]["globalId"]) == {
+        "__typename": "Event", "id": str(event.id), "globalId": read["event"]["globalId"], "name": "Relay Night"}
+    assert (await node(read["event"]["venue"]["globalId"]) or {})["city"] == "Lisbon"
+    assert (await node(seat["globalId"]) or {})["label"] == "Stalls A1"
+    assert (await node(booking["globalId"], token_for(owner, settings)) or {})["reference"] == booking["reference"]
+    # A booking is its owner's (and admins'); a draft is the admins'; junk finds nothing.
+    assert await node(booking["globalId"], token_for(stranger, settings)) is None
+    assert await node(booking["globalId"]) is None
+    assert await node(global_id("Event", draft.id)) is None
+    for junk in ("12", "not base64!", global_id("User", owner.id), global_id("Event", "x"), global_id("Event", "")):
+        assert await node(junk) is None
+
+
+async def test_page_info_has_both_ends(gql: GraphQLClient, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    for _ in range(3):
+        await make_event(sessionmaker)
+    query = """query($after: String) { events(first: 2, after: $after) {
+      edges { cursor } pageInfo { hasNextPage hasPreviousPage startCursor endCursor } } }"""
+    first = (await gql(query, {"after": None}))["events"]
+    assert first["pageInfo"] == {"hasNextPage": True, "hasPreviousPage": False,
+                                 "startCursor": first["edges"][0]["cursor"], "endCursor": first["edges"][1]["cursor"]}
+    second = (await gql(query, {"after": first["pageInfo"]["endCursor"]}))["events"]
+    last = second["edges"][0]["cursor"]
+    assert second["pageInfo"] == {"hasNextPage": False, "hasPreviousPage": True, "startCursor": last, "endCursor": last}

@@ -12,6 +12,7 @@ from app.models import utcnow
 from app.schema.accounts import User
 from app.schema.catalogue import Event, Seat
 from app.schema.common import UserError
+from app.schema.relay import Node
 
 
 @strawberry.enum
@@ -73,7 +74,7 @@ class Payment:
 
 
 @strawberry.type
-class Booking:
+class Booking(Node):
     id: strawberry.ID
     reference: str
     quantity: int

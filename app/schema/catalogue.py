@@ -13,6 +13,7 @@ from app import models
 from app.errors import parse_id
 from app.models import utcnow
 from app.schema.common import MAX_INT, BigInt, UserError
+from app.schema.relay import Node
 from app.services import catalogue, inventory
 
 
@@ -32,7 +33,7 @@ class SeatStatus(StrEnum):
 
 
 @strawberry.type
-class Venue:
+class Venue(Node):
     id: strawberry.ID
     name: str
     address: str
@@ -65,7 +66,7 @@ class Section:
 
 
 @strawberry.type
-class Seat:
+class Seat(Node):
     id: strawberry.ID
     section: str
     row: str
@@ -81,7 +82,7 @@ class Seat:
 
 
 @strawberry.type
-class Event:
+class Event(Node):
     id: strawberry.ID
     name: str
     description: str | None

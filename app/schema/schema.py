@@ -42,6 +42,7 @@ from app.resolvers.accounts import AccountMutation, AccountQuery
 from app.resolvers.bookings import BookingMutation, BookingQuery
 from app.resolvers.catalogue import CatalogueMutation, CatalogueQuery
 from app.resolvers.realtime import RealtimeSubscription
+from app.resolvers.relay import RelayQuery
 from app.resolvers.waitlist import WaitlistMutation, WaitlistQuery
 from app.schema.common import SCALARS
 from app.schema.cost import QueryCostLimit
@@ -53,7 +54,7 @@ MAX_TOKENS = 5000  # refuses absurd documents before they are even validated
 # milliseconds per request. Bounded, so unique junk documents cannot grow memory.
 DOCUMENT_CACHE_SIZE = 512
 
-Query = merge_types("Query", (AccountQuery, CatalogueQuery, BookingQuery, WaitlistQuery))
+Query = merge_types("Query", (AccountQuery, CatalogueQuery, BookingQuery, WaitlistQuery, RelayQuery))
 Mutation = merge_types("Mutation", (AccountMutation, CatalogueMutation, BookingMutation, WaitlistMutation))
 Subscription = merge_types("Subscription", (RealtimeSubscription,))
 
