@@ -89,6 +89,10 @@ class Settings:
     # Exact origins (comma-separated) of the browser pages on other sites that may call the API
     # (CORS) and open its websockets; empty: same origin only.
     cors_origins: str = ""
+    # Automatic persisted queries (app/persisted.py): on, off, or only (the manifest's documents).
+    persisted_queries: str = "on"
+    persisted_queries_manifest: str = ""
+    persisted_query_ttl_seconds: int = 7 * 24 * 3600  # in Redis; a forgotten one is sent again
 
     @property
     def is_sqlite(self) -> bool:
@@ -145,6 +149,9 @@ _FIELDS = {
     "HEADER_TIMEOUT_SECONDS": ("header_timeout_seconds", float),
     "BODY_TIMEOUT_SECONDS": ("body_timeout_seconds", float),
     "CORS_ORIGINS": ("cors_origins", str),
+    "PERSISTED_QUERIES": ("persisted_queries", str),
+    "PERSISTED_QUERIES_MANIFEST": ("persisted_queries_manifest", str),
+    "PERSISTED_QUERY_TTL_SECONDS": ("persisted_query_ttl_seconds", int),
 }
 
 

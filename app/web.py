@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLRequestData
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from app import metrics
@@ -36,6 +37,7 @@ from app.db import create_engine, create_sessionmaker
 from app.errors import DomainError
 from app.fanout import TransportWSHandler
 from app.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestIdMiddleware, error_response
+from app.persisted import Manifest, PersistedQueries, PersistedQueryError
 from app.pubsub import Broker
 from app.resolvers.context import AppServices, Context
 from app.schema.schema import create_schema
@@ -64,9 +66,10 @@ STATIC_DIR = Path(__file__).parent / "static"
 class GraphQLApp(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler  # sends availability updates itself
 
-    def __init__(self, services: AppServices) -> None:
+    def __init__(self, services: AppServices, persisted: PersistedQueries) -> None:
         super().__init__(
-            create_schema(services.settings),
+            create_schema(services.settings,
+                          allow_list=persisted.store if isinstance(persisted.store, Manifest) else None),
             graphql_ide="graphiql",
             # graphql-transport-ws first; the legacy protocol only for old clients.
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
@@ -76,6 +79,7 @@ class GraphQLApp(GraphQL[Context, None]):
             allowed_origins=services.settings.cors_origin_list,
         )
         self.services = services
+        self.persisted = persisted
         # Open websockets per client address, in this worker (each worker counts its own).
         self.websockets_of: Counter[str] = Counter()
 
@@ -104,6 +108,9 @@ class GraphQLApp(GraphQL[Context, None]):
         in plain text) and a client that hangs up mid-request treated as the normal event it is."""
         try:
             response: Response = await self.run(Request(scope, receive=receive))
+        except PersistedQueryError as error:
+            # 200 as Apollo Server answers it, unless the client asked for the spec's statuses.
+            response = error_response(400 if _wants_graphql_response(scope) else 200, error.reason, error.code)
         except HTTPException as error:
             response = error_response(error.status_code, error.reason,
                                       HTTP_ERROR_CODES.get(error.status_code, "BAD_REQUEST"))
@@ -130,6 +137,16 @@ class GraphQLApp(GraphQL[Context, None]):
         if _is_request_error(result) and _wants_graphql_response(request.scope):
             del response["data"]  # nothing was executed: the spec's request errors carry no data
         return response
+
+    def should_render_graphql_ide(self, request: Any) -> bool:
+        # A browser GET of a persisted query (no `query` either) wants its result, not GraphiQL.
+        return "extensions" not in request.query_params and super().should_render_graphql_ide(request)
+
+    async def parse_http_body(self, request: Any) -> Any:
+        data = await super().parse_http_body(request)
+        if isinstance(data, GraphQLRequestData):  # batches are refused before this
+            data.query = await self.persisted.document(data.query, data.extensions)
+        return data
 
     def parse_json(self, data: str | bytes) -> Any:
         """Request bodies are a JSON object (or a batch): anything else, bytes that are not
@@ -262,7 +279,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         limiter=(RedisRateLimiter(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url
                  else MemoryRateLimiter()),
     )
-    graphql = GraphQLApp(services)
+    redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2) if settings.redis_url else None
+    graphql = GraphQLApp(services, PersistedQueries.from_settings(settings, redis_client))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -308,6 +326,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = services
-    app.state.redis = (aioredis.Redis.from_url(settings.redis_url, socket_timeout=2)
-                       if settings.redis_url else None)
+    app.state.redis = redis_client
     return app

@@ -3,20 +3,26 @@ Relay ids, persisted queries, subscriptions over Server-Sent Events."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
+import json
+import uuid
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from app.settings import Settings
 from app.web import create_app
-from tests.conftest import GraphQLClient, running_app
+from tests.conftest import REDIS_PREFIX, GraphQLClient, running_app
 from tests.factories import SMALL_SEAT_MAP, make_event, make_user, token_for
-from tests.servers import MESSAGE_TIMEOUT, serve_in_process
+from tests.servers import MESSAGE_TIMEOUT, http_client, serve_in_process, subscribe
 
 GRJ = "application/graphql-response+json"
 
@@ -192,3 +198,92 @@ async def test_page_info_has_both_ends(gql: GraphQLClient, sessionmaker: async_s
     second = (await gql(query, {"after": first["pageInfo"]["endCursor"]}))["events"]
     last = second["edges"][0]["cursor"]
     assert second["pageInfo"] == {"hasNextPage": False, "hasPreviousPage": True, "startCursor": last, "endCursor": last}
+
+
+# --- persisted queries -----------------------------------------------------------------------
+
+EVENTS = "query Events($first: Int) { events(first: $first) { totalCount } }"
+
+
+def apq(document: str) -> dict[str, Any]:
+    return {"persistedQuery": {"version": 1, "sha256Hash": hashlib.sha256(document.encode()).hexdigest()}}
+
+
+def get_params(document: str, variables: dict[str, Any]) -> dict[str, str]:
+    return {"extensions": json.dumps(apq(document)), "variables": json.dumps(variables)}
+
+
+async def _apq_round_trip(register: GraphQLClient, later: GraphQLClient) -> None:
+    """Unknown hash, then hash and text (registered on `register`), then hash alone (on `later`)."""
+    unknown = await register.http.post("/graphql", json={"extensions": apq(EVENTS), "variables": {"first": 1}})
+    assert unknown.status_code == 200
+    assert unknown.json()["errors"] == [{"message": "PersistedQueryNotFound",
+                                         "extensions": {"code": "PERSISTED_QUERY_NOT_FOUND"}}]
+    # Not found in a GET either, and never GraphiQL (a browser asks for HTML).
+    missing = await later.http.get("/graphql", params=get_params(EVENTS, {"first": 1}),
+                                   headers={"Accept": "text/html,*/*"})
+    assert missing.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+
+    sent = await register.http.post("/graphql", json={"query": EVENTS, "extensions": apq(EVENTS),
+                                                      "variables": {"first": 1}})
+    assert sent.json()["data"] == {"events": {"totalCount": 0}}
+    by_hash = await later.http.post("/graphql", json={"extensions": apq(EVENTS), "variables": {"first": 2}})
+    assert by_hash.json()["data"] == {"events": {"totalCount": 0}}
+    cacheable = await later.http.get("/graphql", params=get_params(EVENTS, {"first": 2}),
+                                     headers={"Accept": "text/html,*/*"})
+    assert cacheable.status_code == 200 and cacheable.json()["data"] == {"events": {"totalCount": 0}}
+
+
+async def test_automatic_persisted_queries_in_process(gql: GraphQLClient) -> None:
+    await _apq_round_trip(gql, gql)
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_automatic_persisted_queries_are_shared_through_redis(settings: Settings, engine: AsyncEngine,
+                                                                   redis_url: str) -> None:
+    shared = replace(settings, redis_url=redis_url, redis_prefix=f"{REDIS_PREFIX}{uuid.uuid4().hex}:")
+    async with running_app(shared) as (_, first), running_app(shared) as (_, second):
+        await _apq_round_trip(first, second)
+    with redis.Redis.from_url(redis_url) as client:  # kept for a while, not forever
+        key_ttl = client.ttl(f"{shared.redis_prefix}apq:{apq(EVENTS)['persistedQuery']['sha256Hash']}")
+    assert 0 < key_ttl <= shared.persisted_query_ttl_seconds
+
+
+async def test_persisted_queries_are_checked(gql: GraphQLClient) -> None:
+    mutation = 'mutation { login(input: {email: "a@b.c", password: "x"}) { errors { code } } }'
+    assert (await gql.http.post("/graphql", json={"query": mutation, "extensions": apq(mutation)})).status_code == 200
+    over_get = await gql.http.get("/graphql", params={"extensions": json.dumps(apq(mutation))})
+    assert over_get.status_code == 400  # never a mutation over GET, even by hash
+    forged = await gql.http.post("/graphql", json={"query": "{ me { id } }", "extensions": apq(EVENTS)})
+    assert forged.status_code == 400 and "does not match" in forged.json()["errors"][0]["message"]
+    bad_version = await gql.http.post("/graphql", json={
+        "extensions": {"persistedQuery": {"version": 2, "sha256Hash": "0" * 64}}})
+    assert bad_version.status_code == 400
+    spec = await gql.http.post("/graphql", json={"extensions": apq("{ nothing }")}, headers={"Accept": GRJ})
+    assert spec.status_code == 400 and spec.headers["content-type"].startswith(GRJ)
+
+
+async def test_allow_list_runs_the_manifest_only(settings: Settings, engine: AsyncEngine, tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"format": "apollo-persisted-query-manifest", "version": 1, "operations": [
+        {"id": apq(EVENTS)["persistedQuery"]["sha256Hash"], "name": "Events", "type": "query", "body": EVENTS}]}))
+    only = replace(settings, persisted_queries="only", persisted_queries_manifest=str(manifest))
+    async with serve_in_process(create_app(only)) as address, http_client(f"http://{address}") as gql:
+        assert (await gql.http.post("/graphql", json={"extensions": apq(EVENTS)})).json()["data"]
+        assert (await gql.http.post("/graphql", json={"query": EVENTS})).json()["data"]
+        for body in ({"query": "{ events { totalCount } }"},
+                     {"query": "{ me { id } }", "extensions": apq("{ me { id } }")},
+                     {"extensions": apq("{ me { id } }")}):
+            refused = (await gql.http.post("/graphql", json=body)).json()
+            assert refused["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_IN_LIST", body
+        async with subscribe(f"ws://{address}/graphql", "subscription { myBookingUpdates { reason } }") as sub:
+            refused = json.loads(await asyncio.wait_for(sub.ws.recv(), MESSAGE_TIMEOUT))
+            assert refused["type"] == "error", refused
+            assert refused["payload"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_IN_LIST"
+
+
+async def test_persisted_queries_off(settings: Settings, engine: AsyncEngine) -> None:
+    async with running_app(replace(settings, persisted_queries="off")) as (_, gql):
+        body = (await gql.http.post("/graphql", json={"query": EVENTS, "extensions": apq(EVENTS)})).json()
+        assert body["errors"] == [{"message": "PersistedQueryNotSupported",
+                                   "extensions": {"code": "PERSISTED_QUERY_NOT_SUPPORTED"}}]

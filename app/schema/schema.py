@@ -38,6 +38,7 @@ from strawberry.types.graphql import OperationType
 
 from app import logs, metrics
 from app.errors import DomainError, ErrorCode
+from app.persisted import AllowListed, Manifest
 from app.resolvers.accounts import AccountMutation, AccountQuery
 from app.resolvers.bookings import BookingMutation, BookingQuery
 from app.resolvers.catalogue import CatalogueMutation, CatalogueQuery
@@ -226,7 +227,7 @@ class OperationTiming(SchemaExtension):
                 return
 
 
-def create_schema(settings: Settings) -> strawberry.Schema:
+def create_schema(settings: Settings, allow_list: Manifest | None = None) -> strawberry.Schema:
     # The document limits are stateless validation rules, built once and shared: fresh rule
     # classes per operation would defeat the validation cache, whose key includes the rules.
     depth_limit = QueryDepthLimiter(max_depth=settings.max_query_depth)
@@ -245,6 +246,8 @@ def create_schema(settings: Settings) -> strawberry.Schema:
         lambda: ErrorMasking(hide_suggestions=not settings.graphql_introspection),
         OperationTiming,
     ]
+    if allow_list is not None:
+        extensions.append(lambda: AllowListed(manifest=allow_list))  # after ValidationCache, as above
     if not settings.graphql_introspection:
         extensions.append(DisableIntrospection)
     return BookMyEventSchema(query=Query, mutation=Mutation, subscription=Subscription,
