@@ -30,7 +30,7 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLRequestData
-from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.subscriptions import GRAPHQL_SSE_PROTOCOL, GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from app import metrics
 from app.db import create_engine, create_sessionmaker
@@ -71,8 +71,9 @@ class GraphQLApp(GraphQL[Context, None]):
             create_schema(services.settings,
                           allow_list=persisted.store if isinstance(persisted.store, Manifest) else None),
             graphql_ide="graphiql",
-            # graphql-transport-ws first; the legacy protocol only for old clients.
-            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
+            # graphql-transport-ws first; the legacy protocol only for old clients. graphql-sse:
+            # subscriptions over HTTP for clients that cannot open websockets (Accept: text/event-stream).
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL, GRAPHQL_SSE_PROTOCOL),
             connection_init_wait_timeout=CONNECTION_INIT_TIMEOUT,
             max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION,
             # Browsers send Origin on every websocket: pages of other sites only when CORS allows them.

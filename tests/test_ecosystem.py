@@ -8,10 +8,12 @@ import base64
 import hashlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -287,3 +289,70 @@ async def test_persisted_queries_off(settings: Settings, engine: AsyncEngine) ->
         body = (await gql.http.post("/graphql", json={"query": EVENTS, "extensions": apq(EVENTS)})).json()
         assert body["errors"] == [{"message": "PersistedQueryNotSupported",
                                    "extensions": {"code": "PERSISTED_QUERY_NOT_SUPPORTED"}}]
+
+
+# --- subscriptions over Server-Sent Events ---------------------------------------------------
+
+AVAILABILITY = """subscription($id: ID!) { eventAvailability(eventId: $id) {
+  availableSeats version sinceVersion snapshot } }"""
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
+    """(event, data) of a graphql-sse stream; comments (heartbeats) skipped."""
+    event, data = "", ""
+    async for line in response.aiter_lines():
+        if line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            data = line.split(":", 1)[1].strip()
+        elif not line and event:
+            yield event, json.loads(data) if data else None
+            event, data = "", ""
+
+
+async def test_subscriptions_over_sse(settings: Settings, engine: AsyncEngine,
+                                      sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=10)
+    buyer = await make_user(sessionmaker)
+    token = token_for(buyer, settings)
+    sse = {"Accept": "text/event-stream"}
+    async with serve_in_process(create_app(settings)) as address, http_client(f"http://{address}") as gql:
+        async with gql.http.stream("POST", "/graphql", headers=sse, json={
+                "query": AVAILABILITY, "variables": {"id": str(event.id)}}) as availability, \
+                gql.http.stream("POST", "/graphql", headers={**sse, "Authorization": f"Bearer {token}"},
+                                json={"query": "subscription { myBookingUpdates { reason booking { status } } }"}
+                                ) as mine:
+            assert availability.status_code == 200
+            assert availability.headers["content-type"].startswith("text/event-stream")
+            updates = sse_events(availability)
+            first = await asyncio.wait_for(anext(updates), MESSAGE_TIMEOUT)
+            assert first == ("next", {"data": {"eventAvailability": {
+                "availableSeats": 10, "version": event.version, "sinceVersion": event.version, "snapshot": True}}})
+            reserved = await gql("""mutation($input: ReserveInput!) { reserveSeats(input: $input) {
+                                      booking { id } errors { code } } }""",
+                                 {"input": {"eventId": str(event.id), "quantity": 2}}, token)
+            change = await asyncio.wait_for(anext(updates), MESSAGE_TIMEOUT)
+            assert change[0] == "next"
+            assert change[1] is not None and change[1]["data"]["eventAvailability"]["availableSeats"] == 8
+            booking_id = reserved["reserveSeats"]["booking"]["id"]
+            await gql("""mutation($input: CancelInput!) { cancelBooking(input: $input) { errors { code } } }""",
+                      {"input": {"bookingId": booking_id}}, token)
+            own = await asyncio.wait_for(anext(sse_events(mine)), MESSAGE_TIMEOUT)
+            assert own == ("next", {"data": {"myBookingUpdates": {"reason": "CANCELLED",
+                                                                  "booking": {"status": "CANCELLED"}}}})
+
+        # A query streams too: one result, then complete. Errors come as GraphQL errors.
+        async with gql.http.stream("POST", "/graphql", headers=sse,
+                                   json={"query": "{ events { totalCount } }"}) as query:
+            answer = [item async for item in sse_events(query)]
+            assert [event for event, _ in answer] == ["next", "complete"]
+            assert answer[0][1] is not None and answer[0][1]["data"] == {"events": {"totalCount": 1}}
+        async with gql.http.stream("POST", "/graphql", headers=sse,
+                                   json={"query": "subscription { myBookingUpdates { reason } }"}) as anonymous:
+            refused = [item async for item in sse_events(anonymous)]
+            assert refused[0][0] == "next" and refused[0][1] is not None
+            assert refused[0][1]["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+            assert refused[-1] == ("complete", None)
+        # Without that Accept, a subscription over HTTP stays a clear 400.
+        plain = await gql.http.post("/graphql", json={"query": AVAILABILITY, "variables": {"id": str(event.id)}})
+        assert plain.status_code == 400 and "subscription" in plain.json()["errors"][0]["message"]
