@@ -139,6 +139,9 @@ class GraphQLApp(GraphQL[Context, None]):
             del response["data"]  # nothing was executed: the spec's request errors carry no data
         return response
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "graphiql" / "index.html")  # assets served from here, not a CDN
+
     def should_render_graphql_ide(self, request: Any) -> bool:
         # A browser GET of a persisted query (no `query` either) wants its result, not GraphiQL.
         return "extensions" not in request.query_params and super().should_render_graphql_ide(request)
