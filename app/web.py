@@ -81,28 +81,39 @@ class GraphQLApp(GraphQL[Context, None]):
         )
         self.services = services
         self.persisted = persisted
-        # Open websockets per client address, in this worker (each worker counts its own).
-        self.websockets_of: Counter[str] = Counter()
+        # Open websockets and event streams per client address, in this worker (each worker
+        # counts its own): both hold a connection for as long as the client likes.
+        self.streams_of: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "websocket":
+        websocket = scope["type"] == "websocket"
+        if not websocket and "text/event-stream" not in Headers(scope=scope).get("accept", ""):
             await self._handle_http(scope, receive, send)
             return
         address = scope["client"][0] if scope.get("client") else "unknown"
-        if self.websockets_of[address] >= self.services.settings.websockets_per_address:
-            # Closing before accepting refuses the upgrade: the client gets HTTP 403.
-            await receive()  # websocket.connect
-            await send({"type": "websocket.close", "code": 1013})
+        if self.streams_of[address] >= self.services.settings.websockets_per_address:
+            if websocket:
+                # Closing before accepting refuses the upgrade: the client gets HTTP 403.
+                await receive()  # websocket.connect
+                await send({"type": "websocket.close", "code": 1013})
+            else:
+                await error_response(429, "Too many open event streams from this address",
+                                     "RATE_LIMITED")(scope, receive, send)
             return
-        self.websockets_of[address] += 1
-        metrics.WEBSOCKETS.inc()
+        self.streams_of[address] += 1
         try:
-            await super().__call__(scope, receive, send)
+            if websocket:
+                metrics.WEBSOCKETS.inc()
+                try:
+                    await super().__call__(scope, receive, send)
+                finally:
+                    metrics.WEBSOCKETS.dec()
+            else:
+                await self._handle_http(scope, receive, send)
         finally:
-            metrics.WEBSOCKETS.dec()
-            self.websockets_of[address] -= 1
-            if not self.websockets_of[address]:
-                del self.websockets_of[address]
+            self.streams_of[address] -= 1
+            if not self.streams_of[address]:
+                del self.streams_of[address]
 
     async def _handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """strawberry's HTTP handling, with its refusals as GraphQL JSON errors (it answers them

@@ -356,3 +356,25 @@ async def test_subscriptions_over_sse(settings: Settings, engine: AsyncEngine,
         # Without that Accept, a subscription over HTTP stays a clear 400.
         plain = await gql.http.post("/graphql", json={"query": AVAILABILITY, "variables": {"id": str(event.id)}})
         assert plain.status_code == 400 and "subscription" in plain.json()["errors"][0]["message"]
+
+
+async def test_event_streams_count_with_websockets_per_address(settings: Settings, engine: AsyncEngine,
+                                                               sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=10)
+    body = {"query": AVAILABILITY, "variables": {"id": str(event.id)}}
+    sse = {"Accept": "text/event-stream"}
+    async with serve_in_process(create_app(replace(settings, websockets_per_address=2))) as address, \
+            http_client(f"http://{address}") as gql:
+        async with gql.http.stream("POST", "/graphql", headers=sse, json=body) as held, \
+                subscribe(f"ws://{address}/graphql", AVAILABILITY, {"id": str(event.id)}) as sub:
+            events = sse_events(held)  # kept: reading ends with the generator, and so would the stream
+            assert (await asyncio.wait_for(anext(events), MESSAGE_TIMEOUT))[0] == "next"
+            assert (await sub.next())["eventAvailability"]["snapshot"] is True
+            refused = await gql.http.post("/graphql", headers=sse, json=body)
+            assert refused.status_code == 429
+            assert refused.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+            assert not await _websocket_accepted(f"ws://{address}/graphql", None)
+            # Plain requests are not streams: they still run.
+            assert (await gql.http.post("/graphql", json={"query": "{ events { totalCount } }"})).status_code == 200
+        async with gql.http.stream("POST", "/graphql", headers=sse, json=body) as again:  # both closed: room again
+            assert again.status_code == 200
