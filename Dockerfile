@@ -4,8 +4,12 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY migrations ./migrations
 # Editable install: `bookmyevent migrate` finds alembic.ini and migrations/ beside the package.
-RUN pip install --no-cache-dir -e . && useradd --system bookmyevent
+RUN pip install --no-cache-dir -e . && useradd --system bookmyevent \
+    && install -d -o bookmyevent /srv/bookmyevent/data
 USER bookmyevent
+# Embedded mode (no DATABASE_URL) writes ./bookmyevent.db: here, the one directory the user owns.
+WORKDIR /srv/bookmyevent/data
+VOLUME /srv/bookmyevent/data
 ENV HOST=0.0.0.0 PORT=8000
 EXPOSE 8000
 # Liveness only: /readyz turns 503 while Redis is away, yet booking keeps working then.

@@ -80,7 +80,8 @@ def serve(settings: Settings) -> None:
             workers = 1
     if workers > 1:
         share_metrics_between_workers(settings.port)
-    print(f"GraphQL on http://{settings.host}:{settings.port}/graphql", file=sys.stderr)
+    base = f"http://{settings.host}:{settings.port}"
+    print(f"Seat map on {base}/ ; GraphQL (playground in a browser) on {base}/graphql", file=sys.stderr)
     # No per-message deflate: it costs memory on every websocket, and updates are small.
     # X-Forwarded-For is believed only from TRUSTED_PROXIES: from anyone else it is a header
     # the client wrote, and per-address limits would count whatever address it names.
