@@ -1,10 +1,9 @@
 FROM python:3.11-slim
 WORKDIR /srv/bookmyevent
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md ./
 COPY app ./app
-COPY migrations ./migrations
-# Editable install: `bookmyevent migrate` finds alembic.ini and migrations/ beside the package.
-RUN pip install --no-cache-dir -e . && useradd --system bookmyevent \
+# The migrations ship inside the package (app/migrations): a plain install works from any directory.
+RUN pip install --no-cache-dir . && useradd --system bookmyevent \
     && install -d -o bookmyevent /srv/bookmyevent/data
 USER bookmyevent
 # Embedded mode (no DATABASE_URL) writes ./bookmyevent.db: here, the one directory the user owns.
