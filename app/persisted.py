@@ -36,11 +36,12 @@ MEMORY_ENTRIES = 1000
 HEX_SHA256 = re.compile("[0-9a-fA-F]{64}")
 
 
-class PersistedQueryError(HTTPException):
+class PersistedQueryError(Exception):
     """Answered as a GraphQL error with the message and code Apollo's clients look for."""
 
     def __init__(self, message: str, code: str) -> None:
-        super().__init__(200, message)
+        super().__init__(message)
+        self.message = message
         self.code = code
 
 

@@ -121,8 +121,10 @@ class GraphQLApp(GraphQL[Context, None]):
         try:
             response: Response = await self.run(Request(scope, receive=receive))
         except PersistedQueryError as error:
-            # 200 as Apollo Server answers it, unless the client asked for the spec's statuses.
-            response = error_response(400 if _wants_graphql_response(scope) else 200, error.reason, error.code)
+            # 200 as Apollo Server answers it, unless the client asked for the spec's statuses;
+            # never cached, or a CDN would go on answering "not found" once the text is known.
+            response = error_response(400 if _wants_graphql_response(scope) else 200, error.message, error.code)
+            response.headers["cache-control"] = "no-store"
         except HTTPException as error:
             response = error_response(error.status_code, error.reason,
                                       HTTP_ERROR_CODES.get(error.status_code, "BAD_REQUEST"))

@@ -225,6 +225,7 @@ async def _apq_round_trip(register: GraphQLClient, later: GraphQLClient) -> None
     missing = await later.http.get("/graphql", params=get_params(EVENTS, {"first": 1}),
                                    headers={"Accept": "text/html,*/*"})
     assert missing.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+    assert missing.headers["cache-control"] == "no-store"  # a CDN must ask again once it is known
 
     sent = await register.http.post("/graphql", json={"query": EVENTS, "extensions": apq(EVENTS),
                                                       "variables": {"first": 1}})
