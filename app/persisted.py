@@ -149,9 +149,9 @@ class PersistedQueries:
             return query  # `only` mode checks plain text in AllowListed, on every transport
         if self.mode == "off":
             raise PersistedQueryError("PersistedQueryNotSupported", "PERSISTED_QUERY_NOT_SUPPORTED")
-        digest = persisted.get("sha256Hash") if isinstance(persisted, dict) else None
         if not isinstance(persisted, dict) or persisted.get("version") != 1:
             raise HTTPException(400, "extensions.persistedQuery must be {version: 1, sha256Hash}")
+        digest = persisted.get("sha256Hash")
         if not isinstance(digest, str) or not HEX_SHA256.fullmatch(digest):
             raise HTTPException(400, "persistedQuery.sha256Hash must be a SHA-256 in hex")
         digest = digest.lower()
