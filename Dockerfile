@@ -1,11 +1,14 @@
 FROM python:3.11-slim
 WORKDIR /srv/bookmyevent
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md ./
 COPY app ./app
-COPY migrations ./migrations
-# Editable install: `bookmyevent migrate` finds alembic.ini and migrations/ beside the package.
-RUN pip install --no-cache-dir -e . && useradd --system bookmyevent
+# The migrations ship inside the package (app/migrations): a plain install works from any directory.
+RUN pip install --no-cache-dir . && useradd --system bookmyevent \
+    && install -d -o bookmyevent /srv/bookmyevent/data
 USER bookmyevent
+# Embedded mode (no DATABASE_URL) writes ./bookmyevent.db: here, the one directory the user owns.
+WORKDIR /srv/bookmyevent/data
+VOLUME /srv/bookmyevent/data
 ENV HOST=0.0.0.0 PORT=8000
 EXPOSE 8000
 # Liveness only: /readyz turns 503 while Redis is away, yet booking keeps working then.

@@ -14,7 +14,8 @@ from pathlib import Path
 from app.logs import logging_config
 from app.settings import ConfigurationError, Settings, load_settings
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Inside the package, so an installed wheel migrates from any directory.
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MAX_WEBSOCKET_FRAME = 64 * 1024  # subscribe messages are small; refuse anything larger
 
 
@@ -23,7 +24,9 @@ def migrate(settings: Settings) -> None:
     from alembic import command
     from alembic.config import Config
 
-    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config = Config()  # no alembic.ini needed: it is for developers making new revisions
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("path_separator", "os")
     config.attributes["database_url"] = settings.database_url
     config.attributes["configure_logging"] = False
     command.upgrade(config, "head")
@@ -93,7 +96,8 @@ def serve(settings: Settings) -> None:
             workers = 1
     if workers > 1:
         share_metrics_between_workers(settings.port)
-    print(f"GraphQL on http://{settings.host}:{settings.port}/graphql", file=sys.stderr)
+    base = f"http://{settings.host}:{settings.port}"
+    print(f"Seat map on {base}/ ; GraphQL (playground in a browser) on {base}/graphql", file=sys.stderr)
     # No per-message deflate: it costs memory on every websocket, and updates are small.
     # X-Forwarded-For is believed only from TRUSTED_PROXIES: from anyone else it is a header
     # the client wrote, and per-address limits would count whatever address it names.

@@ -103,10 +103,21 @@ class Settings:
     webhook_concurrency: int = 32  # deliveries in flight per process
     # Encrypts the ticket signing keys stored in the database (empty: stored unencrypted).
     ticket_key_secret: str = ""
+    # Exact origins (comma-separated) of the browser pages on other sites that may call the API
+    # (CORS) and open its websockets; empty: same origin only.
+    cors_origins: str = ""
+    # Automatic persisted queries (app/persisted.py): on, off, or only (the manifest's documents).
+    persisted_queries: str = "on"
+    persisted_queries_manifest: str = ""
+    persisted_query_ttl_seconds: int = 7 * 24 * 3600  # in Redis; a forgotten one is sent again
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def production(self) -> bool:
@@ -175,6 +186,10 @@ _FIELDS = {
     "WEBHOOK_POLL_INTERVAL_SECONDS": ("webhook_poll_interval_seconds", float),
     "WEBHOOK_CONCURRENCY": ("webhook_concurrency", int),
     "TICKET_KEY_SECRET": ("ticket_key_secret", str),
+    "CORS_ORIGINS": ("cors_origins", str),
+    "PERSISTED_QUERIES": ("persisted_queries", str),
+    "PERSISTED_QUERIES_MANIFEST": ("persisted_queries_manifest", str),
+    "PERSISTED_QUERY_TTL_SECONDS": ("persisted_query_ttl_seconds", int),
 }
 
 

@@ -21,7 +21,9 @@ from cross_web import HTTPException
 from redis import asyncio as aioredis
 from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -30,7 +32,8 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.http import GraphQLRequestData
+from strawberry.subscriptions import GRAPHQL_SSE_PROTOCOL, GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from app import metrics
 from app.db import create_engine, create_sessionmaker
@@ -38,7 +41,8 @@ from app.errors import DomainError
 from app.fanout import TransportWSHandler
 from app.jobs import admission, run_every
 from app.jobs.webhooks import run_deliverer
-from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, error_response
+from app.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestIdMiddleware, error_response
+from app.persisted import Manifest, PersistedQueries, PersistedQueryError
 from app.pubsub import Broker
 from app.resolvers.context import AppServices, Context
 from app.schema.schema import create_schema
@@ -60,6 +64,8 @@ MAX_BODY_BYTES = 256 * 1024  # a GraphQL document with variables; nothing legiti
 MAX_JSON_DEPTH = 32
 # What an HTTP-level refusal says in `extensions.code`, next to its status.
 HTTP_ERROR_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+# GraphQL over HTTP: a client that accepts this media type gets it, with 4xx for request errors.
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 STATIC_DIR = Path(__file__).parent / "static"
 
 
@@ -67,44 +73,65 @@ class GraphQLApp(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler  # sends availability updates itself
     graphql_ws_handler_class = CheckedWSHandler
 
-    def __init__(self, services: AppServices) -> None:
+    def __init__(self, services: AppServices, persisted: PersistedQueries) -> None:
         super().__init__(
-            create_schema(services.settings),
+            create_schema(services.settings,
+                          allow_list=persisted.store if isinstance(persisted.store, Manifest) else None),
             graphql_ide="graphiql",
-            # graphql-transport-ws first; the legacy protocol only for old clients.
-            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
+            # graphql-transport-ws first; the legacy protocol only for old clients. graphql-sse:
+            # subscriptions over HTTP for clients that cannot open websockets (Accept: text/event-stream).
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL, GRAPHQL_SSE_PROTOCOL),
             connection_init_wait_timeout=CONNECTION_INIT_TIMEOUT,
             max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION,
+            # Browsers send Origin on every websocket: pages of other sites only when CORS allows them.
+            allowed_origins=services.settings.cors_origin_list,
         )
         self.services = services
-        # Open websockets per client address, in this worker (each worker counts its own).
-        self.websockets_of: Counter[str] = Counter()
+        self.persisted = persisted
+        # Open websockets and event streams per client address, in this worker (each worker
+        # counts its own): both hold a connection for as long as the client likes.
+        self.streams_of: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "websocket":
+        websocket = scope["type"] == "websocket"
+        if not websocket and "text/event-stream" not in Headers(scope=scope).get("accept", ""):
             await self._handle_http(scope, receive, send)
             return
         address = scope["client"][0] if scope.get("client") else "unknown"
-        if self.websockets_of[address] >= self.services.settings.websockets_per_address:
-            # Closing before accepting refuses the upgrade: the client gets HTTP 403.
-            await receive()  # websocket.connect
-            await send({"type": "websocket.close", "code": 1013})
+        if self.streams_of[address] >= self.services.settings.websockets_per_address:
+            if websocket:
+                # Closing before accepting refuses the upgrade: the client gets HTTP 403.
+                await receive()  # websocket.connect
+                await send({"type": "websocket.close", "code": 1013})
+            else:
+                await error_response(429, "Too many open event streams from this address",
+                                     "RATE_LIMITED")(scope, receive, send)
             return
-        self.websockets_of[address] += 1
-        metrics.WEBSOCKETS.inc()
+        self.streams_of[address] += 1
         try:
-            await super().__call__(scope, receive, send)
+            if websocket:
+                metrics.WEBSOCKETS.inc()
+                try:
+                    await super().__call__(scope, receive, send)
+                finally:
+                    metrics.WEBSOCKETS.dec()
+            else:
+                await self._handle_http(scope, receive, send)
         finally:
-            metrics.WEBSOCKETS.dec()
-            self.websockets_of[address] -= 1
-            if not self.websockets_of[address]:
-                del self.websockets_of[address]
+            self.streams_of[address] -= 1
+            if not self.streams_of[address]:
+                del self.streams_of[address]
 
     async def _handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """strawberry's HTTP handling, with its refusals as GraphQL JSON errors (it answers them
         in plain text) and a client that hangs up mid-request treated as the normal event it is."""
         try:
             response: Response = await self.run(Request(scope, receive=receive))
+        except PersistedQueryError as error:
+            # 200 as Apollo Server answers it, unless the client asked for the spec's statuses;
+            # never cached, or a CDN would go on answering "not found" once the text is known.
+            response = error_response(400 if _wants_graphql_response(scope) else 200, error.message, error.code)
+            response.headers["cache-control"] = "no-store"
         except HTTPException as error:
             response = error_response(error.status_code, error.reason,
                                       HTTP_ERROR_CODES.get(error.status_code, "BAD_REQUEST"))
@@ -113,7 +140,37 @@ class GraphQLApp(GraphQL[Context, None]):
         except ClientDisconnect:
             logger.info("Client disconnected before sending the whole request")
             return
+        if _wants_graphql_response(scope) and response.media_type == "application/json":
+            response.headers["content-type"] = f"{GRAPHQL_RESPONSE_JSON}; charset=utf-8"
         await response(scope, receive, send)
+
+    async def execute_single(self, request: Request, request_adapter: Any, sub_response: Response,
+                             context: Context, root_value: None, request_data: Any) -> Any:
+        result = await super().execute_single(request, request_adapter, sub_response, context, root_value,
+                                              request_data)
+        # A status already set (429) says more than 400.
+        if _is_request_error(result) and _wants_graphql_response(request.scope) and not sub_response.status_code:
+            sub_response.status_code = 400
+        return result
+
+    async def process_result(self, request: Request, result: Any) -> Any:
+        response = await super().process_result(request, result)
+        if _is_request_error(result) and _wants_graphql_response(request.scope):
+            del response["data"]  # nothing was executed: the spec's request errors carry no data
+        return response
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "graphiql" / "index.html")  # assets served from here, not a CDN
+
+    def should_render_graphql_ide(self, request: Any) -> bool:
+        # A browser GET of a persisted query (no `query` either) wants its result, not GraphiQL.
+        return "extensions" not in request.query_params and super().should_render_graphql_ide(request)
+
+    async def parse_http_body(self, request: Any) -> Any:
+        data = await super().parse_http_body(request)
+        if isinstance(data, GraphQLRequestData):  # batches are refused before this
+            data.query = await self.persisted.document(data.query, data.extensions)
+        return data
 
     def parse_json(self, data: str | bytes) -> Any:
         """Request bodies are a JSON object (or a batch): anything else, bytes that are not
@@ -178,6 +235,15 @@ class GraphQLApp(GraphQL[Context, None]):
                                                            self.services.settings)
         except DomainError:
             raise ConnectionRejectionError({"message": "Invalid or expired access token"}) from None
+
+
+def _wants_graphql_response(scope: Scope) -> bool:
+    return GRAPHQL_RESPONSE_JSON in Headers(scope=scope).get("accept", "")
+
+
+def _is_request_error(result: Any) -> bool:
+    """Refused before execution (parse, validation, variables, limits): errors with no path."""
+    return result.data is None and bool(result.errors) and all(error.path is None for error in result.errors)
 
 
 def _nesting_exceeds(value: Any, limit: int) -> bool:
@@ -314,7 +380,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         limiter=(RedisRateLimiter(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url
                  else MemoryRateLimiter()),
     )
-    graphql = GraphQLApp(services)
+    redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2) if settings.redis_url else None
+    graphql = GraphQLApp(services, PersistedQueries.from_settings(settings, redis_client))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -349,7 +416,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/graphql", graphql, methods=["GET", "POST"]),
+            Route("/graphql", graphql),  # every method: GraphQLApp refuses the others as GraphQL JSON
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
@@ -361,11 +428,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/", index),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
-        middleware=[Middleware(RequestIdMiddleware),
+        middleware=[Middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
+                               allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
+                               expose_headers=["Retry-After", REQUEST_ID_HEADER]),
+                    Middleware(RequestIdMiddleware),
                     Middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)],
         lifespan=lifespan,
     )
     app.state.services = services
-    app.state.redis = (aioredis.Redis.from_url(settings.redis_url, socket_timeout=2)
-                       if settings.redis_url else None)
+    app.state.redis = redis_client
     return app

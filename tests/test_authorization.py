@@ -25,6 +25,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.models import ApiScope, Base, Booking, Payment, Role, Ticket, WebhookDelivery, utcnow
+from app.schema.relay import to_global_id
 from app.schema.schema import create_schema
 from app.services import accounts, apikeys, bookings, catalogue, queue, waitlist, webhooks
 from app.services.payments import MockGateway
@@ -189,6 +190,12 @@ CASES = [
          lambda w, r: {"id": str(w.pending_id)}, (NULL, OK, NULL, OK)),
     Case("booking confirmed", "booking", f"query($id: ID!) {{ booking(id: $id) {{ {BOOKING} }} }}",
          lambda w, r: {"id": str(w.confirmed_id)}, (NULL, OK, NULL, OK)),
+    Case("node: booking", "node", f"query($id: ID!) {{ node(id: $id) {{ ... on Booking {{ {BOOKING} }} }} }}",
+         lambda w, r: {"id": to_global_id("Booking", str(w.confirmed_id))}, (NULL, OK, NULL, OK)),
+    Case("node: event draft", "node", "query($id: ID!) { node(id: $id) { ... on Event { id name } } }",
+         lambda w, r: {"id": to_global_id("Event", str(w.draft_id))}, (NULL, NULL, NULL, OK)),
+    Case("node: event on sale", "node", "query($id: ID!) { node(id: $id) { ... on Event { id name } } }",
+         lambda w, r: {"id": to_global_id("Event", str(w.event_id))}, (OK, OK, OK, OK)),
     Case("myBookings", "myBookings",
          f"{{ myBookings(first: 100) {{ totalCount edges {{ cursor node {{ {BOOKING} }} }} }} }}",
          no_variables, (EMPTY, OK, EMPTY, EMPTY)),
@@ -331,6 +338,8 @@ KEY_CASES = {
     "myQueueTicket": NO_KEY, "joinQueue": NO_KEY, "leaveQueue": NO_KEY, "setWaitingRoom": NO_KEY,
     "checkIn": (FORBIDDEN,) * 4 + (OK,), "revokedTickets": (FORBIDDEN,) * 4 + (EMPTY,),  # the door's scanners
     "setUserRole": NO_KEY,
+    "node: event on sale": CATALOGUE, "node: event draft": (NULL, *NO_KEY[1:]),
+    "node: booking": (FORBIDDEN, NULL, FORBIDDEN, FORBIDDEN, FORBIDDEN),
     "apiKeys": NO_KEY, "createApiKey": NO_KEY, "rotateApiKey": NO_KEY, "revokeApiKey": NO_KEY,
     "webhooks": WEBHOOKS, "createWebhook": WEBHOOKS, "deleteWebhook": WEBHOOKS, "resendWebhookDelivery": WEBHOOKS,
 }

@@ -143,6 +143,26 @@ async def test_expected_version_is_checked(buyer: Buyer, sessionmaker: async_ses
     assert await places_taken(sessionmaker, event.id) == (1, 1)
 
 
+async def test_confirm_checks_the_booking_version(buyer: Buyer,
+                                                  sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker, capacity=5)
+    booking = (await buyer.reserve(event.id, quantity=1))["booking"]
+    async with sessionmaker() as session:  # the booking moves on after the client read it
+        await session.execute(update(Booking).where(Booking.id == int(booking["id"]))
+                              .values(version=Booking.version + 1))
+        await session.commit()
+    stale = await buyer.confirm(booking["id"], expectedVersion=booking["version"])
+    assert stale["booking"] is None
+    assert stale["errors"] == [{"code": "VERSION_CONFLICT", "message": "The booking changed since you read it",
+                                "field": "expectedVersion"}]
+    conflict = await buyer.gql(CONFIRM.replace("errors { code message field }", "errors { currentVersion }"),
+                               {"input": {"bookingId": booking["id"], "paymentToken": "tok_visa",
+                                          "expectedVersion": booking["version"]}}, buyer.token)
+    assert conflict["confirmBooking"]["errors"] == [{"currentVersion": booking["version"] + 1}]
+    confirmed = await buyer.confirm(booking["id"], expectedVersion=booking["version"] + 1)
+    assert confirmed["errors"] == [] and confirmed["booking"]["status"] == "CONFIRMED"
+
+
 async def test_confirm_pays_and_issues_tickets(buyer: Buyer, gql: GraphQLClient,
                                                sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     event = await make_event(sessionmaker, capacity=10, price_cents=1500)

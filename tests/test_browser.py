@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jwt
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -183,5 +183,45 @@ async def test_a_page_left_open_past_its_access_token_still_reserves(
             assert await page.evaluate("sessionStorage.getItem('bme.token')") != first
             # The refused call is a 401 (UNAUTHENTICATED), which the browser's console reports.
             assert [problem for problem in problems if "status of 401" not in problem] == []
+        finally:
+            await browser.close()
+
+
+async def test_playground_works_offline(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """GraphiQL at /graphql with every request to another host refused: its scripts, styles and
+    fonts all come from the app; the default query runs; the docs explorer reads the schema."""
+    require_chromium()
+    await make_event(sessionmaker, name="Offline Gala")
+    problems: list[str] = []
+    elsewhere: list[str] = []
+    async with serve_in_process(create_app(settings)) as address, async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                                   headless=True, timeout=30_000)
+        try:
+            context, page = await open_page(browser, problems)
+
+            async def only_the_app(route: Route) -> None:
+                if route.request.url.startswith((f"http://{address}/", f"ws://{address}/")):
+                    await route.continue_()
+                else:
+                    elsewhere.append(route.request.url)
+                    await route.abort()
+
+            await context.route("**/*", only_the_app)
+            await page.goto(f"http://{address}/graphql")
+            await page.wait_for_selector(".graphiql-container")
+            headers = await page.evaluate("document.querySelector("
+                                          "'.graphiql-editor-tool .graphiql-editor:not(.hidden) .CodeMirror')"
+                                          ".CodeMirror.getValue()")
+            assert json.loads(headers) == {"Authorization": "Bearer "}  # open, ready for a token
+            await page.click(".graphiql-execute-button")
+            await page.wait_for_selector(".result-window:has-text('Offline Gala')")
+            result = await page.evaluate("document.querySelector('.result-window .CodeMirror').CodeMirror.getValue()")
+            assert json.loads(result)["data"]["events"]["totalCount"] == 1
+            await page.click("[aria-label='Show Documentation Explorer']")
+            await page.wait_for_selector(".graphiql-doc-explorer :text('Root Types')")
+            await page.screenshot(path=ARTIFACTS / "playground.png", full_page=True)
+            assert elsewhere == []
+            assert problems == []
         finally:
             await browser.close()

@@ -45,18 +45,22 @@ def _external_reference(value: str | None) -> str | None:
     return value
 
 
+async def find_booking(info: strawberry.Info, id: str) -> Booking | None:
+    """A booking for its owner or an admin; None for anyone else."""
+    info.context.check_scope(ApiScope.BOOKINGS_READ)
+    booking_id = id_or_none(id)
+    if booking_id is None or info.context.identity is None:
+        return None
+    async with info.context.read_session() as session:
+        booking = await bookings.get_booking(session, caller=info.context.identity, booking_id=booking_id)
+    return Booking.from_model(booking) if booking else None
+
+
 @strawberry.type
 class BookingQuery:
     @strawberry.field(description="Its owner or an admin sees it; anyone else gets null.")
     async def booking(self, info: strawberry.Info, id: strawberry.ID) -> Booking | None:
-        info.context.check_scope(ApiScope.BOOKINGS_READ)
-        booking_id = id_or_none(id)
-        if booking_id is None or info.context.identity is None:
-            return None
-        async with info.context.read_session() as session:
-            booking = await bookings.get_booking(session, caller=info.context.identity,
-                                                 booking_id=booking_id)
-        return Booking.from_model(booking) if booking else None
+        return await find_booking(info, id)
 
     @strawberry.field(description="The signed-in user's bookings, newest first.")
     async def my_bookings(self, info: strawberry.Info, status: BookingStatus | None = None,
@@ -70,7 +74,7 @@ class BookingQuery:
                                                 status=status.value if status else None,
                                                 first=first, after=after)
         return Connection.of([(bookings.encode_booking_cursor(b), Booking.from_model(b)) for b in page.items],
-                             total_count=page.total_count, has_next_page=page.has_next_page)
+                             total_count=page.total_count, has_next_page=page.has_next_page, after=after)
 
 
 @strawberry.type
@@ -109,7 +113,8 @@ class BookingMutation:
                 booking_id=parse_id(input.booking_id, "bookingId"),
                 payment_token=input.payment_token, payment_method=input.payment_method or "card",
                 idempotency_key=input.idempotency_key, gateway=info.context.services.gateway,
-                ticket_key_secret=info.context.settings.ticket_key_secret)
+                ticket_key_secret=info.context.settings.ticket_key_secret,
+                expected_version=input.expected_version)
             return ConfirmPayload(booking=Booking.from_model(booking), payment=Payment.from_model(payment))
         return await run_mutation(info, ConfirmPayload, work)
 

@@ -23,19 +23,32 @@ from app.schema.common import Connection
 from app.services import bookings, catalogue, queue, reports
 
 
+async def find_event(info: strawberry.Info, id: str) -> Event | None:
+    """An event as the caller may see it: drafts to admins only."""
+    info.context.check_scope(ApiScope.CATALOGUE_READ)
+    event_id = id_or_none(id)
+    if event_id is None:
+        return None
+    identity = info.context.identity
+    async with info.context.read_session() as session:
+        event = await catalogue.get_event(session, event_id, include_drafts=bool(identity and identity.is_admin))
+    return Event.from_model(event) if event else None
+
+
+async def find_venue(info: strawberry.Info, id: str) -> Venue | None:
+    info.context.check_scope(ApiScope.CATALOGUE_READ)
+    venue_id = id_or_none(id)
+    if venue_id is None:
+        return None
+    venue = await info.context.loaders.venue.load(venue_id)
+    return Venue.from_model(venue) if venue else None
+
+
 @strawberry.type
 class CatalogueQuery:
     @strawberry.field
     async def event(self, info: strawberry.Info, id: strawberry.ID) -> Event | None:
-        info.context.check_scope(ApiScope.CATALOGUE_READ)
-        event_id = id_or_none(id)
-        if event_id is None:
-            return None
-        identity = info.context.identity
-        async with info.context.read_session() as session:
-            event = await catalogue.get_event(session, event_id,
-                                              include_drafts=bool(identity and identity.is_admin))
-        return Event.from_model(event) if event else None
+        return await find_event(info, id)
 
     @strawberry.field(description="Events by start time. Drafts are listed to admins only.")
     async def events(self, info: strawberry.Info, filter: EventFilter | None = None,
@@ -50,7 +63,7 @@ class CatalogueQuery:
                 first=first, after=after, include_drafts=bool(identity and identity.is_admin))
         return Connection.of([(cursor, Event.from_model(event))
                               for cursor, event in zip(page.cursors, page.items, strict=True)],
-                             total_count=page.total_count, has_next_page=page.has_next_page)
+                             total_count=page.total_count, has_next_page=page.has_next_page, after=after)
 
     @strawberry.field(description="Admin only: places sold, held and free, revenue, conversion.")
     async def event_sales(self, info: strawberry.Info, event_id: strawberry.ID) -> EventSales:
@@ -66,12 +79,7 @@ class CatalogueQuery:
 
     @strawberry.field
     async def venue(self, info: strawberry.Info, id: strawberry.ID) -> Venue | None:
-        info.context.check_scope(ApiScope.CATALOGUE_READ)
-        venue_id = id_or_none(id)
-        if venue_id is None:
-            return None
-        venue = await info.context.loaders.venue.load(venue_id)
-        return Venue.from_model(venue) if venue else None
+        return await find_venue(info, id)
 
 
 @strawberry.type

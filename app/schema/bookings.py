@@ -12,6 +12,7 @@ from app.models import utcnow
 from app.schema.accounts import User
 from app.schema.catalogue import Event, Seat
 from app.schema.common import UserError
+from app.schema.relay import Node
 
 
 @strawberry.enum
@@ -80,7 +81,7 @@ class Payment:
 
 
 @strawberry.type
-class Booking:
+class Booking(Node):
     id: strawberry.ID
     reference: str
     quantity: int
@@ -160,6 +161,8 @@ class ConfirmInput:
     payment_token: str
     payment_method: str | None = "card"
     idempotency_key: str | None = None
+    expected_version: int | None = strawberry.field(
+        default=None, description="The booking's version as read: VERSION_CONFLICT if it changed since.")
 
 
 @strawberry.input

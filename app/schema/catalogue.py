@@ -14,6 +14,7 @@ from app.errors import parse_id
 from app.models import utcnow
 from app.schema.common import MAX_INT, BigInt, UserError
 from app.schema.queue import WaitingRoom, WaitingRoomInput
+from app.schema.relay import Node
 from app.services import catalogue, inventory, queue
 
 
@@ -34,7 +35,7 @@ class SeatStatus(StrEnum):
 
 
 @strawberry.type
-class Venue:
+class Venue(Node):
     id: strawberry.ID
     name: str
     address: str
@@ -68,7 +69,7 @@ class Section:
 
 
 @strawberry.type
-class Seat:
+class Seat(Node):
     id: strawberry.ID
     section: str
     row: str
@@ -84,7 +85,7 @@ class Seat:
 
 
 @strawberry.type
-class Event:
+class Event(Node):
     id: strawberry.ID
     name: str
     description: str | None

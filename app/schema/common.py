@@ -81,6 +81,9 @@ class UserError:
 class PageInfo:
     has_next_page: bool
     end_cursor: str | None
+    # Pages run forward only (first/after): whatever came before `after` is a previous page.
+    has_previous_page: bool = False
+    start_cursor: str | None = None
 
 
 Node = TypeVar("Node")
@@ -103,8 +106,10 @@ class Connection(Generic[Node]):
     total_count: int
 
     @classmethod
-    def of(cls, nodes: list[tuple[str, Node]], *, total_count: int, has_next_page: bool) -> Connection[Node]:
-        """A page from (cursor, node) pairs."""
+    def of(cls, nodes: list[tuple[str, Node]], *, total_count: int, has_next_page: bool,
+           after: str | None = None) -> Connection[Node]:
+        """A page from (cursor, node) pairs, the page after the cursor `after`."""
         edges = [Edge(cursor=cursor, node=node) for cursor, node in nodes]
         return cls(edges=edges, total_count=total_count, page_info=PageInfo(
-            has_next_page=has_next_page, end_cursor=edges[-1].cursor if edges else None))
+            has_next_page=has_next_page, end_cursor=edges[-1].cursor if edges else None,
+            has_previous_page=after is not None, start_cursor=edges[0].cursor if edges else None))

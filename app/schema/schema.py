@@ -38,6 +38,7 @@ from strawberry.types.graphql import OperationType
 
 from app import logs, metrics
 from app.errors import DomainError, ErrorCode
+from app.persisted import AllowListed, Manifest
 from app.resolvers.accounts import AccountMutation, AccountQuery
 from app.resolvers.bookings import BookingMutation, BookingQuery
 from app.resolvers.catalogue import CatalogueMutation, CatalogueQuery
@@ -45,6 +46,7 @@ from app.resolvers.checkin import CheckInMutation, CheckInQuery, CheckInSubscrip
 from app.resolvers.partners import PartnerMutation, PartnerQuery
 from app.resolvers.queue import QueueMutation, QueueQuery, QueueSubscription
 from app.resolvers.realtime import RealtimeSubscription
+from app.resolvers.relay import RelayQuery
 from app.resolvers.waitlist import WaitlistMutation, WaitlistQuery
 from app.schema.common import SCALARS
 from app.schema.cost import QueryCostLimit
@@ -57,7 +59,7 @@ MAX_TOKENS = 5000  # refuses absurd documents before they are even validated
 DOCUMENT_CACHE_SIZE = 512
 
 Query = merge_types("Query", (AccountQuery, CatalogueQuery, BookingQuery, WaitlistQuery, QueueQuery, PartnerQuery,
-                                CheckInQuery))
+                                CheckInQuery, RelayQuery))
 Mutation = merge_types("Mutation", (AccountMutation, CatalogueMutation, BookingMutation, WaitlistMutation,
                                     QueueMutation, PartnerMutation, CheckInMutation))
 Subscription = merge_types("Subscription", (RealtimeSubscription, QueueSubscription, CheckInSubscription))
@@ -237,7 +239,7 @@ class OperationTiming(SchemaExtension):
                 return
 
 
-def create_schema(settings: Settings) -> strawberry.Schema:
+def create_schema(settings: Settings, allow_list: Manifest | None = None) -> strawberry.Schema:
     # The document limits are stateless validation rules, built once and shared: fresh rule
     # classes per operation would defeat the validation cache, whose key includes the rules.
     depth_limit = QueryDepthLimiter(max_depth=settings.max_query_depth)
@@ -256,6 +258,8 @@ def create_schema(settings: Settings) -> strawberry.Schema:
         lambda: ErrorMasking(hide_suggestions=not settings.graphql_introspection),
         OperationTiming,
     ]
+    if allow_list is not None:
+        extensions.append(lambda: AllowListed(manifest=allow_list))  # after ValidationCache, as above
     if not settings.graphql_introspection:
         extensions.append(DisableIntrospection)
     return BookMyEventSchema(query=Query, mutation=Mutation, subscription=Subscription,

@@ -524,10 +524,12 @@ async def confirm(
     idempotency_key: str | None,
     gateway: PaymentGateway,
     ticket_key_secret: str = "",
+    expected_version: int | None = None,
     now: datetime | None = None,
 ) -> tuple[Booking, Payment]:
     """Pay for a hold and turn it into tickets, each with a signed code (`ticket_key_secret`:
-    the deployment's TICKET_KEY_SECRET). A declined payment leaves the hold as it is."""
+    the deployment's TICKET_KEY_SECRET). A declined payment leaves the hold as it is.
+    `expected_version` is the caller's optimistic check on the booking it read."""
     now = now or utcnow()
     if not payment_token.strip() or len(payment_token) > 200:
         raise invalid_input("paymentToken", "paymentToken is required (at most 200 characters)")
@@ -541,6 +543,9 @@ async def confirm(
         return replay, charge
 
     booking = await _booking_for_update(session, booking_id, caller, owner_only=True)
+    if expected_version is not None and expected_version != booking.version:
+        raise DomainError(ErrorCode.VERSION_CONFLICT, "The booking changed since you read it",
+                          field="expectedVersion", current_version=booking.version)
     if booking.status == BookingStatus.EXPIRED or (
         booking.status == BookingStatus.PENDING and booking.expires_at is not None
         and booking.expires_at <= now
