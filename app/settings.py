@@ -76,6 +76,9 @@ class Settings:
     query_rate_limit_per_minute: int = 300
     db_pool_size: int = 20
     db_max_overflow: int = 20
+    # DATABASE_URL points at PgBouncer in transaction pooling: no named prepared statements,
+    # which live on one server connection while the next transaction may get another.
+    db_pgbouncer: bool = False
     # Off in production to hide the schema from strangers (clients ship their documents).
     graphql_introspection: bool = True
     # Addresses or CIDRs (comma-separated) of the proxies whose X-Forwarded-For names the
@@ -132,6 +135,7 @@ _FIELDS = {
     "QUERY_RATE_LIMIT_PER_MINUTE": ("query_rate_limit_per_minute", int),
     "DB_POOL_SIZE": ("db_pool_size", int),
     "DB_MAX_OVERFLOW": ("db_max_overflow", int),
+    "DB_PGBOUNCER": ("db_pgbouncer", boolean),
     "GRAPHQL_INTROSPECTION": ("graphql_introspection", boolean),
     "TRUSTED_PROXIES": ("trusted_proxies", str),
     "WEBSOCKETS_PER_ADDRESS": ("websockets_per_address", int),

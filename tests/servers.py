@@ -1,6 +1,6 @@
 """Real servers for end-to-end tests: the app under uvicorn (a subprocess started the way
 production starts it, or in the test's own event loop when a test must look inside it), a
-private redis-server a test may kill and restart, and a graphql-transport-ws client."""
+private redis-server a test may kill and restart, PgBouncer, and a graphql-transport-ws client."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from app.cli import MAX_WEBSOCKET_FRAME
-from tests.conftest import JWT_SECRET, REDIS_PREFIX, GraphQLClient, free_port
+from tests.conftest import JWT_SECRET, REDIS_PREFIX, REQUIRE_SERVICES, GraphQLClient, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 60.0  # generous: a shared machine with 2 cores
@@ -158,6 +159,59 @@ class RedisProcess:
     async def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
+            await asyncio.to_thread(self.process.wait)
+
+
+def binary(name: str) -> str:
+    """The path of a server binary (Debian puts some in /usr/sbin, off a user's PATH); a
+    missing one skips the test, or fails it on CI (REQUIRE_SERVICES=1)."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        message = f"{name} is not installed (apt-get install {name})"
+        if REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+class PgBouncerProcess:
+    """PgBouncer in transaction pooling on a free port, in front of the test PostgreSQL: every
+    database name is passed through, `pool_size` server connections per database."""
+
+    def __init__(self, directory: Path, *, postgres_host: str, postgres_port: int, pool_size: int = 10) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.config = directory / "pgbouncer.ini"
+        (directory / "users.txt").write_text('"postgres" ""\n')
+        self.config.write_text(
+            f"[databases]\n* = host={postgres_host} port={postgres_port}\n"
+            f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {directory / 'users.txt'}\npool_mode = transaction\n"
+            f"default_pool_size = {pool_size}\nmax_client_conn = 2000\n"
+            # PgBouncer refuses to run as root: it drops to the PostgreSQL account then.
+            + ("user = postgres\n" if os.geteuid() == 0 else ""))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    async def start(self) -> None:
+        self.directory.chmod(0o755)  # readable after the switch to the postgres account
+        with (self.directory / "pgbouncer.log").open("wb") as log:
+            self.process = subprocess.Popen([binary("pgbouncer"), str(self.config)],
+                                            stdout=log, stderr=subprocess.STDOUT)
+        async with asyncio.timeout(STARTUP_TIMEOUT):
+            while True:
+                assert self.process.poll() is None, (self.directory / "pgbouncer.log").read_text()
+                with contextlib.suppress(OSError):
+                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    writer.close()
+                    return
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
             await asyncio.to_thread(self.process.wait)
 
 
