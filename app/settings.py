@@ -89,6 +89,9 @@ class Settings:
     # otherwise hold a connection as long as they like).
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 20.0
+    # On SIGTERM, /readyz fails this long before the server stops (longer than the balancer
+    # takes to notice: HAProxy's checks in deploy/haproxy.cfg need 2-3 s).
+    drain_seconds: float = 5.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -141,6 +144,7 @@ _FIELDS = {
     "WEBSOCKETS_PER_ADDRESS": ("websockets_per_address", int),
     "HEADER_TIMEOUT_SECONDS": ("header_timeout_seconds", float),
     "BODY_TIMEOUT_SECONDS": ("body_timeout_seconds", float),
+    "DRAIN_SECONDS": ("drain_seconds", float),
 }
 
 

@@ -34,7 +34,8 @@ NO_LIMITS = "1000000"
 class AppProcess:
     """`bookmyevent serve` in a subprocess: migrations, uvicorn with the CLI's options."""
 
-    def __init__(self, *, database_url: str, redis_url: str, log_path: Path) -> None:
+    def __init__(self, *, database_url: str, redis_url: str, log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log_path = log_path
         self.env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
@@ -43,7 +44,8 @@ class AppProcess:
                     "HOST": "127.0.0.1", "PORT": str(self.port), "SWEEP_INTERVAL_SECONDS": "3600",
                     "RESERVE_RATE_LIMIT_PER_MINUTE": NO_LIMITS, "MUTATION_RATE_LIMIT_PER_MINUTE": NO_LIMITS,
                     "QUERY_RATE_LIMIT_PER_MINUTE": NO_LIMITS,
-                    "DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "5"}  # a shared PostgreSQL: take little
+                    "DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "5",  # a shared PostgreSQL: take little
+                    "DRAIN_SECONDS": "0", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,11 +92,11 @@ async def wait_until_ready(http: httpx.AsyncClient, process: AppProcess | None =
 
 
 @contextlib.asynccontextmanager
-async def app_processes(count: int, *, database_url: str, redis_url: str,
-                        log_dir: Path) -> AsyncIterator[list[AppProcess]]:
+async def app_processes(count: int, *, database_url: str, redis_url: str, log_dir: Path,
+                        env: dict[str, str] | None = None) -> AsyncIterator[list[AppProcess]]:
     """`count` instances sharing one database and one Redis, started together."""
-    servers = [AppProcess(database_url=database_url, redis_url=redis_url, log_path=log_dir / f"server{i}.log")
-               for i in range(count)]
+    servers = [AppProcess(database_url=database_url, redis_url=redis_url, log_path=log_dir / f"server{i}.log",
+                          env=env) for i in range(count)]
     try:
         await asyncio.gather(*(server.start() for server in servers))
         yield servers
@@ -208,6 +210,46 @@ class PgBouncerProcess:
                     writer.close()
                     return
                 await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            await asyncio.to_thread(self.process.wait)
+
+
+class HAProxyProcess:
+    """HAProxy with the repository's deploy/haproxy.cfg on a free port, in front of three app
+    instances."""
+
+    CONFIG = PROJECT_ROOT / "deploy" / "haproxy.cfg"
+
+    def __init__(self, servers: list[AppProcess], log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.env = {**os.environ, "LISTEN": f"127.0.0.1:{self.port}",
+                    **{f"APP{i}": f"127.0.0.1:{server.port}" for i, server in enumerate(servers, 1)}}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
+
+    async def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen([binary("haproxy"), "-db", "-f", str(self.CONFIG)], env=self.env,
+                                            stdout=log, stderr=subprocess.STDOUT)
+        async with httpx.AsyncClient(base_url=self.http_url) as http:
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                while True:  # up once a check has found an instance ready
+                    assert self.process.poll() is None, self.log_path.read_text()
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await http.get("/readyz")).status_code == 200:
+                            return
+                    await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -1,17 +1,35 @@
 """Past one machine (issue #18): the service on the engines that scale it out, each started
-here on a free port: PgBouncer in transaction pooling between the app and PostgreSQL."""
+here on a free port: PgBouncer in transaction pooling between the app and PostgreSQL, and
+HAProxy (deploy/haproxy.cfg) in front of three instances that drain on SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from websockets.exceptions import ConnectionClosed
 
 from app.settings import Settings
 from tests import test_batching, test_concurrency
-from tests.conftest import POSTGRES_ADMIN_URL, POSTGRES_DB, base_settings
-from tests.servers import PgBouncerProcess
+from tests.conftest import POSTGRES_ADMIN_URL, POSTGRES_DB, GraphQLClient, base_settings
+from tests.factories import make_event, make_users, token_for
+from tests.servers import (
+    MESSAGE_TIMEOUT,
+    AppProcess,
+    HAProxyProcess,
+    PgBouncerProcess,
+    app_processes,
+    http_client,
+    subscribe,
+)
+from tests.test_realtime import AVAILABILITY, reserve
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +80,94 @@ test_a_batch_whose_transaction_fails_fails_every_buyer_and_leaves_nothing = \
     test_batching.test_a_batch_whose_transaction_fails_fails_every_buyer_and_leaves_nothing
 batcher = test_batching.batcher
 published = test_batching.published
+
+
+# --- many instances behind HAProxy, draining on SIGTERM ------------------------------------
+
+async def websockets_open(server: AppProcess) -> float:
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        text = (await http.get("/metrics")).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("bookmyevent_websocket_connections"))
+
+
+class Booker:
+    """Reserves one place at a time through the balancer, each for another buyer, until
+    stopped: every answer must be a booking."""
+
+    def __init__(self, gql: GraphQLClient, tokens: list[str], event_id: int) -> None:
+        self.gql, self.tokens, self.event_id = gql, tokens, event_id
+        self.booked = 0
+        self.failures: list[Any] = []
+        self.stopping = False
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        for token in self.tokens:
+            if self.stopping:
+                return
+            try:
+                payload = await reserve(self.gql, token, self.event_id, quantity=1)
+            except Exception as error:  # an HTTP error through the balancer: booking stopped
+                self.failures.append(error)
+            else:
+                if payload["errors"]:
+                    self.failures.append(payload["errors"])
+                else:
+                    self.booked += 1
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> int:
+        self.stopping = True  # the reserve under way finishes: its answer is counted
+        await self.task
+        assert self.failures == []
+        return self.booked
+
+
+async def test_a_subscriber_behind_haproxy_keeps_receiving_while_its_instance_drains_and_stops(
+        pgbouncer: PgBouncerProcess, redis_url: str, settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path) -> None:
+    event = await make_event(sessionmaker, capacity=500)
+    users = await make_users(sessionmaker, 300)
+    # The whole path: HAProxy, three instances, PgBouncer, PostgreSQL; Redis between instances.
+    env = {"DB_PGBOUNCER": "1", "TRUSTED_PROXIES": "127.0.0.1",
+           "DRAIN_SECONDS": "8"}  # well past HAProxy's 2-3 s to mark an instance down
+    async with app_processes(3, database_url=pgbouncer.url(POSTGRES_DB), redis_url=redis_url,
+                             log_dir=tmp_path, env=env) as servers:
+        balancer = HAProxyProcess(servers, tmp_path / "haproxy.log")
+        await balancer.start()
+        try:
+            async with http_client(balancer.http_url) as gql:
+                booker = Booker(gql, [token_for(user, settings) for user in users], event.id)
+                async with subscribe(balancer.ws_url, AVAILABILITY, {"id": str(event.id)}) as sub:
+                    assert (await sub.next())["eventAvailability"]["snapshot"] is True
+                    [victim] = [server for server in servers if await websockets_open(server) == 1]
+                    assert victim.process is not None
+                    victim.process.send_signal(signal.SIGTERM)
+                    async with httpx.AsyncClient(base_url=victim.http_url) as http:
+                        async with asyncio.timeout(MESSAGE_TIMEOUT):
+                            while (answer := await http.get("/readyz")).status_code == 200:
+                                await asyncio.sleep(0.05)
+                        assert (answer.status_code, answer.json()) == (503, {"status": "draining"})
+                    # Draining: the subscriber still gets changes booked through the others,
+                    # until its instance closes the websocket with 1012 (service restart).
+                    updates = 0
+                    with pytest.raises(ConnectionClosed) as closed:
+                        while True:
+                            update = (await sub.next(timeout=MESSAGE_TIMEOUT + 8))["eventAvailability"]
+                            assert update["snapshot"] is False
+                            updates += 1
+                    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+                    assert updates > 0
+                await asyncio.to_thread(victim.process.wait, MESSAGE_TIMEOUT)
+                # The client reconnects through the balancer: another instance, a snapshot, then
+                # the changes that follow.
+                async with subscribe(balancer.ws_url, AVAILABILITY, {"id": str(event.id)}) as sub:
+                    snapshot = (await sub.next())["eventAvailability"]
+                    assert snapshot["snapshot"] is True
+                    update = (await sub.next())["eventAvailability"]
+                    assert (update["snapshot"], update["version"] > snapshot["version"]) == (False, True)
+                booked = await booker.stop()
+        finally:
+            await balancer.stop()
+    assert await test_concurrency.assert_inventory_truth(sessionmaker, event.id) == booked > 0
