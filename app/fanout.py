@@ -27,12 +27,10 @@ from graphql import GraphQLSchema, execute_subscription_event, parse
 from starlette.websockets import WebSocketDisconnect
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-    BaseGraphQLTransportWSHandler,
-    Operation,
-)
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Operation
 
 from app.pubsub import Delivery
+from app.wsprotocol import CheckedTransportWSHandler
 
 RENDERER_CACHE_SIZE = 512  # distinct subscription documents kept ready; clients send a handful
 
@@ -44,7 +42,7 @@ def direct_sender() -> DirectSender | None:
     return _current.get()
 
 
-class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
+class TransportWSHandler(CheckedTransportWSHandler):
     """strawberry's graphql-transport-ws handler, offering each operation a direct sender."""
 
     async def run_operation(self, operation: Operation[Any, None]) -> None:

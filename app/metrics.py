@@ -45,6 +45,13 @@ RESERVE_BATCH_SIZE = Histogram("bookmyevent_reserve_batch_size",
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 200))
 RATE_LIMIT_UNCOUNTED = Counter("bookmyevent_rate_limit_uncounted_total",
                                "Calls let through uncounted because Redis was unreachable")
+# Waiting rooms, per event (only events with a waiting room appear). Admission rate: the
+# rate() of the admitted counter.
+QUEUE_WAITING = Gauge("bookmyevent_queue_waiting", "Queue tickets WAITING (at the last admission round)",
+                      ["event"], multiprocess_mode="mostrecent")
+QUEUE_ADMITTED = Counter("bookmyevent_queue_admitted_total", "Buyers admitted from the queue", ["event"])
+QUEUE_LAPSED = Counter("bookmyevent_queue_lapsed_total", "Admissions that lapsed unused", ["event"])
+QUEUE_SOLD_OUT = Counter("bookmyevent_queue_sold_out_total", "Waiting buyers told the event sold out", ["event"])
 SWEEPS = Counter("bookmyevent_sweeper_runs_total", "Expiry sweeper runs")
 EXPIRED_HOLDS = Counter("bookmyevent_expired_holds_total", "Holds expired by the sweeper")
 

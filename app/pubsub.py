@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 RESYNC = "__resync__"  # sent on every channel after the backend lost messages
 Message = dict[str, Any]
 Merge = Callable[[Message, Message], Message]
+# (since, version) of a versioned message: it carries every change after `since` up to `version`.
+Span = Callable[[Message], tuple[int, int]]
 
 
 class ReconnectingRedisBackend(BroadcastBackend):
@@ -146,11 +149,74 @@ class Delivery:
             return value
 
 
+class Sequencer:
+    """Puts one channel's versioned messages back in version order.
+
+    Transactions commit in version order but publish after their commit, each on its own, so
+    a later version may reach Redis first. A message that starts past the last version let
+    through waits here, for at most `wait_seconds`, for the ones before it; then it goes
+    anyway (the missing ones are lost: readers see the gap in `sinceVersion` and re-read).
+    Messages already covered by what went out are dropped."""
+
+    def __init__(self, span: Span, release: Callable[[Message], None], wait_seconds: float) -> None:
+        self._span = span
+        self._release = release
+        self._wait_seconds = wait_seconds
+        self._last: int | None = None  # newest version let through; None: not known yet
+        self._parked: dict[int, Message] = {}  # by version, waiting for an earlier one
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start_from(self, version: int) -> None:
+        """A reader's snapshot shows `version`: if nothing has told where the channel stands
+        yet, the next message to let through is the one after it. (Only then: a later
+        snapshot must not skip what earlier readers still wait for.)"""
+        if self._last is None:
+            self._last = version
+            self._drain()
+
+    def push(self, message: Message) -> None:
+        self._parked[self._span(message)[1]] = message
+        self._drain()
+
+    def reset(self) -> None:
+        """Messages were lost: start again from the snapshots readers now take."""
+        self.close()
+        self._parked.clear()
+        self._last = None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _drain(self) -> None:
+        if self._last is not None:
+            for version in sorted(self._parked):
+                since = self._span(self._parked[version])[0]
+                if version <= self._last:
+                    del self._parked[version]
+                elif since <= self._last:
+                    self._last = version
+                    self._release(self._parked.pop(version))
+                else:
+                    break  # a gap: wait for what fills it
+        if not self._parked:
+            self.close()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._wait_seconds, self._give_up)
+
+    def _give_up(self) -> None:
+        self._timer = None
+        self._last = self._span(self._parked[min(self._parked)])[0]
+        self._drain()
+
+
 class Slot:
     """One subscriber's mailbox: the merged state of everything it has not read yet."""
 
-    def __init__(self, merge: Merge) -> None:
+    def __init__(self, merge: Merge, sequencer: Sequencer | None = None) -> None:
         self._merge = merge
+        self._sequencer = sequencer
         self._pending: Delivery | None = None
         self._resync = False
         self._ready = asyncio.Event()
@@ -164,6 +230,11 @@ class Slot:
             self.coalesced += 1
             metrics.COALESCED_MESSAGES.inc()
         self._ready.set()
+
+    def start_from(self, version: int) -> None:
+        """This reader has read the state at `version` (see `Sequencer.start_from`)."""
+        if self._sequencer is not None:
+            self._sequencer.start_from(version)
 
     def resync(self) -> None:
         self._pending = None
@@ -187,6 +258,7 @@ class Slot:
 @dataclass
 class _Channel:
     merge: Merge
+    sequencer: Sequencer | None = None  # versioned channels only
     slots: set[Slot] = field(default_factory=set)
     subscribed: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
@@ -198,6 +270,8 @@ class _Channel:
             self.pump.cancel()
         if self.window is not None:
             self.window.cancel()
+        if self.sequencer is not None:
+            self.sequencer.close()
 
 
 class Broker:
@@ -207,12 +281,16 @@ class Broker:
     first change after a quiet spell goes out at once, the ones that follow within the
     window are merged and go out together when it closes. Under a flash sale a subscriber
     thus gets the latest state a few times a second instead of every change, and the work
-    per change (building and rendering the message) is done once for the whole channel."""
+    per change (building and rendering the message) is done once for the whole channel.
+    Versioned channels are delivered in version order, whatever order publishers reached
+    Redis in (`Sequencer`, waiting at most `reorder_seconds` for a missing version)."""
 
-    def __init__(self, url: str, *, coalesce_seconds: float = 0.05, prefix: str = "") -> None:
+    def __init__(self, url: str, *, coalesce_seconds: float = 0.05, reorder_seconds: float = 1.0,
+                 prefix: str = "") -> None:
         self.url = url
         self._prefix = prefix  # on the wire only: callers name channels without it
         self.coalesce_seconds = coalesce_seconds
+        self.reorder_seconds = reorder_seconds
         self._backend = ReconnectingRedisBackend(url) if url.startswith(("redis://", "rediss://")) else None
         self._broadcast = Broadcast(backend=self._backend) if self._backend else Broadcast(url)
         self._channels: dict[str, _Channel] = {}
@@ -246,15 +324,19 @@ class Broker:
             await self.publish(channel, message)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, channel_name: str, merge: Merge) -> AsyncIterator[Slot]:
+    async def subscribe(self, channel_name: str, merge: Merge, span: Span | None = None) -> AsyncIterator[Slot]:
         """A slot that receives every message of the channel from now on, merged while unread
-        (`merge` folds an older message and a newer one into one; a channel has one merge).
+        (`merge` folds an older message and a newer one into one). With `span`, messages are
+        versioned and delivered in version order; a reader tells its slot the version of its
+        snapshot (`Slot.start_from`). A channel has one merge and one span, its first subscriber's.
         Returns once the channel is subscribed, so a snapshot read afterwards misses nothing."""
         channel = self._channels.get(channel_name)
         if channel is None:
             channel = self._channels[channel_name] = _Channel(merge)
+            if span is not None:
+                channel.sequencer = Sequencer(span, functools.partial(self._arrive, channel), self.reorder_seconds)
             channel.pump = asyncio.create_task(self._pump(channel_name, channel))
-        slot = Slot(merge)
+        slot = Slot(merge, channel.sequencer)
         channel.slots.add(slot)
         try:
             await channel.subscribed.wait()
@@ -272,14 +354,22 @@ class Broker:
                 assert event is not None
                 if event.message == RESYNC:
                     channel.held = None  # the snapshot every subscriber now reads covers it
+                    if channel.sequencer is not None:
+                        channel.sequencer.reset()
                     for slot in list(channel.slots):
                         slot.resync()
                     continue
                 message = json.loads(event.message)
-                if channel.window is None:
-                    self._deliver(channel, message)
+                if channel.sequencer is None:
+                    self._arrive(channel, message)
                 else:
-                    channel.held = message if channel.held is None else channel.merge(channel.held, message)
+                    channel.sequencer.push(message)
+
+    def _arrive(self, channel: _Channel, message: Message) -> None:
+        if channel.window is None:
+            self._deliver(channel, message)
+        else:
+            channel.held = message if channel.held is None else channel.merge(channel.held, message)
 
     def _deliver(self, channel: _Channel, message: Message) -> None:
         delivery = Delivery(message)

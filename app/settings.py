@@ -61,6 +61,10 @@ class Settings:
     # account signed in from are spared, so strangers cannot lock the owner out with it.
     login_account_rate_limit_per_minute: int = 100
     sweep_interval_seconds: float = 5.0
+    admission_interval_seconds: float = 1.0  # scheduled on-sales and waiting-room admission
+    queue_join_rate_limit_per_minute: int = 10  # joinQueue per user
+    queue_join_ip_rate_limit_per_minute: int = 60  # joinQueue per client IP (several buyers behind one NAT)
+    queue_status_interval_seconds: float = 5.0  # queueStatus: position pushes per subscriber at most this often
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -126,6 +130,10 @@ _FIELDS = {
     "LOGIN_IP_RATE_LIMIT_PER_MINUTE": ("login_ip_rate_limit_per_minute", int),
     "LOGIN_ACCOUNT_RATE_LIMIT_PER_MINUTE": ("login_account_rate_limit_per_minute", int),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds", float),
+    "ADMISSION_INTERVAL_SECONDS": ("admission_interval_seconds", float),
+    "QUEUE_JOIN_RATE_LIMIT_PER_MINUTE": ("queue_join_rate_limit_per_minute", int),
+    "QUEUE_JOIN_IP_RATE_LIMIT_PER_MINUTE": ("queue_join_ip_rate_limit_per_minute", int),
+    "QUEUE_STATUS_INTERVAL_SECONDS": ("queue_status_interval_seconds", float),
     "HOST": ("host", str),
     "PORT": ("port", int),
     "WORKERS": ("workers", int),

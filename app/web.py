@@ -35,6 +35,7 @@ from app import metrics
 from app.db import create_engine, create_sessionmaker
 from app.errors import DomainError
 from app.fanout import TransportWSHandler
+from app.jobs import admission, run_every
 from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, error_response
 from app.pubsub import Broker
 from app.resolvers.context import AppServices, Context
@@ -45,6 +46,7 @@ from app.services.payments import MockGateway
 from app.services.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from app.settings import Settings, load_settings
 from app.sweeper import run_sweeper
+from app.wsprotocol import CheckedWSHandler
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 class GraphQLApp(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler  # sends availability updates itself
+    graphql_ws_handler_class = CheckedWSHandler
 
     def __init__(self, services: AppServices) -> None:
         super().__init__(
@@ -126,6 +129,14 @@ class GraphQLApp(GraphQL[Context, None]):
         if not isinstance(decoded, dict | list):
             raise HTTPException(400, "The request body must be a JSON object")
         return decoded
+
+    def decode_json(self, data: str | bytes) -> object:
+        """A websocket frame (HTTP bodies go through parse_json). One nested too deeply to
+        decode is refused as frames that are not JSON are, not raised from the handler."""
+        try:
+            return json.loads(data)
+        except RecursionError:
+            raise json.JSONDecodeError("Nested too deeply", data if isinstance(data, str) else "", 0) from None
 
     def _base_url(self, request: Request | WebSocket) -> str:
         if self.services.settings.public_url:
@@ -267,6 +278,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.broker.start()
         sweeper = asyncio.create_task(run_sweeper(services, settings.sweep_interval_seconds), name="sweeper")
+        admitter = asyncio.create_task(run_every("Admission", settings.admission_interval_seconds,
+                                                 lambda: admission.tick(services)), name="admission")
         # Everything loaded so far (modules, the schema, mappers: a quarter of the objects of a
         # worker holding 1,000 websockets) lives as long as the process. Freezing it takes it
         # out of every later full collection, whose pause is what subscribers wait through.
@@ -280,9 +293,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             undo_drain()
             metrics.worker_stopped()
             sweeper.cancel()
+            admitter.cancel()
             await services.batcher.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            with contextlib.suppress(asyncio.CancelledError):
+                await admitter
             await services.broker.stop()
             if isinstance(services.limiter, RedisRateLimiter):
                 await services.limiter.close()

@@ -45,7 +45,7 @@ class AppProcess:
                     "RESERVE_RATE_LIMIT_PER_MINUTE": NO_LIMITS, "MUTATION_RATE_LIMIT_PER_MINUTE": NO_LIMITS,
                     "QUERY_RATE_LIMIT_PER_MINUTE": NO_LIMITS,
                     "DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "5",  # a shared PostgreSQL: take little
-                    "DRAIN_SECONDS": "0", **(env or {})}
+                    "ADMISSION_INTERVAL_SECONDS": "3600", "DRAIN_SECONDS": "0", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

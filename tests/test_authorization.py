@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.models import Base, Booking, Payment, Role, Ticket, utcnow
 from app.schema.schema import create_schema
-from app.services import accounts, bookings, catalogue, waitlist
+from app.services import accounts, bookings, catalogue, queue, waitlist
 from app.services.payments import MockGateway
 from app.settings import Settings
 from app.web import create_app
@@ -51,7 +51,7 @@ def backend() -> str:
 
 @dataclass
 class World:
-    """One owner with a hold, a paid booking and a waitlist entry; another user; an admin."""
+    """One owner with a hold, a paid booking, a waitlist entry and a queue ticket; another user; an admin."""
 
     tokens: dict[str, str | None]
     owner_email: str
@@ -61,6 +61,7 @@ class World:
     draft_id: int
     waitlisted_id: int  # sold out; the owner waits for it
     full_id: int  # sold out; nobody waits for it yet
+    queued_id: int  # on sale with a waiting room; the owner is in its queue
     pending_id: int
     confirmed_id: int
     entry_id: int
@@ -107,6 +108,13 @@ async def build_world(sessionmaker: async_sessionmaker[AsyncSession], settings: 
                                          payment_token="tok_visa", payment_method="card", idempotency_key=None,
                                          gateway=gateway)
         entry = await waitlist.join(session, user_id=owner.id, event_id=waitlisted.id, quantity=1)
+        queued = await catalogue.create_event(
+            session, venue_id=venue.id, name="Big night", description=None, category="concert",
+            starts_at=starts_at, ends_at=starts_at + timedelta(hours=3), currency="USD",
+            max_tickets_per_booking=10, capacity=10, price_cents=2500, seat_map=None)
+        await queue.set_waiting_room(session, event_id=queued.id, config=queue.RoomConfig(admit_per_minute=10))
+        await catalogue.publish_event(session, event_id=queued.id)
+        await queue.join(session, user_id=owner.id, event_id=queued.id)
         secrets = [pending.reference, paid.reference, owner.email, str(paid.ticket_code)]
         secrets += list((await session.scalars(select(Ticket.code).where(Ticket.booking_id == paid.id))).all())
         secrets += list((await session.scalars(
@@ -116,7 +124,7 @@ async def build_world(sessionmaker: async_sessionmaker[AsyncSession], settings: 
         tokens={"anonymous": None, "owner": signed_in.access_token, "other": token_for(other, settings),
                 "admin": token_for(admin, settings)},
         owner_email=owner.email, owner_refresh=signed_in.refresh_token, venue_id=venue.id,
-        event_id=event.id, draft_id=draft.id, waitlisted_id=waitlisted.id, full_id=full.id,
+        event_id=event.id, draft_id=draft.id, waitlisted_id=waitlisted.id, full_id=full.id, queued_id=queued.id,
         pending_id=pending.id, confirmed_id=paid.id, entry_id=entry.id, secrets=secrets)
 
 
@@ -227,12 +235,26 @@ CASES = [
     Case("leaveWaitlist", "leaveWaitlist",
          f"mutation($id: ID!) {{ leaveWaitlist(id: $id) {{ entry {{ {WAITLIST_ENTRY} }} {ERRORS} }} }}",
          lambda w, r: {"id": str(w.entry_id)}, OWNER_ONLY),
+    # --- waiting room: one's own ticket; admins set the room ---
+    Case("myQueueTicket", "myQueueTicket", "query($id: ID!) { myQueueTicket(eventId: $id) { status position } }",
+         lambda w, r: {"id": str(w.queued_id)}, (NULL, OK, NULL, NULL)),
+    Case("joinQueue", "joinQueue",
+         f"mutation($id: ID!) {{ joinQueue(eventId: $id) {{ ticket {{ status position }} {ERRORS} }} }}",
+         lambda w, r: {"id": str(w.queued_id)}, SIGNED_IN),
+    Case("leaveQueue", "leaveQueue",
+         f"mutation($id: ID!) {{ leaveQueue(eventId: $id) {{ ticket {{ status }} {ERRORS} }} }}",
+         lambda w, r: {"id": str(w.queued_id)}, OWNER_ONLY),
+    Case("setWaitingRoom", "setWaitingRoom",
+         f"""mutation($id: ID!) {{ setWaitingRoom(eventId: $id, input: {{admitPerMinute: 100}}) {{
+           event {{ id waitingRoom {{ admitPerMinute queueLength }} }} {ERRORS} }} }}""",
+         lambda w, r: {"id": str(w.queued_id)}, ADMIN_ONLY),
 ]
 
 SUBSCRIPTION_CASES = {
     # field: expected per role (anonymous, owner, other, admin); "ok" means the subscription runs.
     "eventAvailability": (OK, OK, OK, OK),
     "myBookingUpdates": (UNAUTHENTICATED, OK, OK, OK),
+    "queueStatus": (UNAUTHENTICATED, OK, NOT_FOUND, NOT_FOUND),  # one's own ticket only
 }
 
 
@@ -318,6 +340,7 @@ async def test_another_users_subscription_never_carries_my_bookings(
     other_token = world.tokens["other"]
     document = "subscription { myBookingUpdates { reason booking { id reference user { email } } } }"
     availability = "subscription($id: ID!) { eventAvailability(eventId: $id) { availableSeats snapshot } }"
+    queue_status = "subscription($id: ID!) { queueStatus(eventId: $id) { status position } }"
     cancel = "mutation($id: ID!) { cancelBooking(input: {bookingId: $id}) { errors { code } } }"
     reserve = """mutation($id: ID!) { reserveSeats(input: {eventId: $id, quantity: 1}) {
       booking { id } errors { code } } }"""
@@ -332,24 +355,29 @@ async def test_another_users_subscription_never_carries_my_bookings(
                 connections[role] = ws
                 assert json.loads(await asyncio.wait_for(ws.recv(), MESSAGE_TIMEOUT))["type"] == "connection_ack"
                 for number, (query, variables) in enumerate(
-                        [(document, {}), (availability, {"id": str(world.event_id)})], start=1):
+                        [(document, {}), (availability, {"id": str(world.event_id)}),
+                         (queue_status, {"id": str(world.queued_id)})], start=1):
                     await ws.send(json.dumps({"id": str(number), "type": "subscribe",
                                               "payload": {"query": query, "variables": variables}}))
             # Every role gets the availability snapshot; anonymous is refused myBookingUpdates.
             for role, ws in connections.items():
                 messages = {}
                 expected = {"1": SUBSCRIPTION_CASES["myBookingUpdates"][ROLES.index(role)],
-                            "2": SUBSCRIPTION_CASES["eventAvailability"][ROLES.index(role)]}
-                wanted = {key for key, value in expected.items() if value != OK} | {"2"}
+                            "2": SUBSCRIPTION_CASES["eventAvailability"][ROLES.index(role)],
+                            "3": SUBSCRIPTION_CASES["queueStatus"][ROLES.index(role)]}
+                wanted = {key for key, value in expected.items() if value != OK} | {"2", "3"}
                 while not wanted <= set(messages):
                     message = json.loads(await asyncio.wait_for(ws.recv(), MESSAGE_TIMEOUT))
                     messages.setdefault(message["id"], message)  # the first message of each
                 assert messages["2"]["payload"]["data"]["eventAvailability"]["snapshot"] is True
-                if expected["1"] != OK:
-                    assert messages["1"]["type"] in ("next", "error"), messages["1"]
-                    payload = messages["1"]["payload"]
-                    errors = payload if isinstance(payload, list) else payload["errors"]
-                    assert errors[0]["extensions"]["code"] == expected["1"], messages["1"]
+                for key in ("1", "3"):
+                    if expected[key] != OK:
+                        assert messages[key]["type"] in ("next", "error"), messages[key]
+                        payload = messages[key]["payload"]
+                        errors = payload if isinstance(payload, list) else payload["errors"]
+                        assert errors[0]["extensions"]["code"] == expected[key], messages[key]
+                if expected["3"] == OK:
+                    assert messages["3"]["payload"]["data"]["queueStatus"] == {"status": "WAITING", "position": 1}
 
             async with http_client(f"http://{address}") as gql:
                 # The owner's booking changes first, then the other user's own booking.
@@ -455,4 +483,4 @@ async def test_refresh_and_access_tokens_are_not_interchangeable(
             assert response.status_code == 401, header
             assert [e["extensions"]["code"] for e in response.json()["errors"]] == ["UNAUTHENTICATED"], header
     # Without the header, reads stay anonymous.
-    assert await gql("{ events { totalCount } }") == {"events": {"totalCount": 3}}  # the published three
+    assert await gql("{ events { totalCount } }") == {"events": {"totalCount": 4}}  # the published four

@@ -46,6 +46,13 @@ class Published:
     def versions(self, event_id: int) -> list[int]:
         return [m["version"] for channel, m in self.messages if channel == outbox.availability_channel(event_id)]
 
+    def assert_chained(self, event: Event) -> None:
+        """Each message takes over where the one before ended: no version goes unannounced."""
+        spans = [(m["sinceVersion"], m["version"]) for channel, m in self.messages
+                 if channel == outbox.availability_channel(event.id)]
+        ends = [event.version] + [version for _, version in spans]
+        assert [since for since, _ in spans] == ends[:-1], spans
+
 
 @pytest.fixture
 def published() -> Published:
@@ -214,7 +221,8 @@ async def test_a_seated_event_is_left_to_the_caller(
 # --- the per-buyer cap ---------------------------------------------------------------------
 
 async def test_one_buyer_cannot_hold_more_than_the_event_allows_across_bookings(
-        batcher: ReserveBatcher, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        batcher: ReserveBatcher, published: Published, engine: AsyncEngine,
+        sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     event = await make_event(sessionmaker, capacity=100, max_tickets_per_user=4)
     hoarder, other = await make_users(sessionmaker, 2)
     assert isinstance(await batcher.reserve(event.id, HoldRequest(hoarder.id, 3)), Booking)
@@ -228,6 +236,7 @@ async def test_one_buyer_cannot_hold_more_than_the_event_allows_across_bookings(
     assert [type(a) if isinstance(a, Booking) else a for a in answers] == \
         [Booking, Booking, ErrorCode.LIMIT_EXCEEDED, Booking]
     assert await assert_inventory_truth(sessionmaker, event.id) == 3 + 1 + 1 + 3
+    published.assert_chained(event)  # a batch that gave places back announced both steps
 
 
 async def test_concurrent_reserves_of_one_buyer_stop_at_the_cap(

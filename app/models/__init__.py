@@ -13,10 +13,11 @@ from app.models.bookings import (
     TicketStatus,
 )
 from app.models.catalogue import Event, EventStatus, Seat, SeatStatus, Venue
+from app.models.queue import QueueStatus, QueueTicket, WaitingRoom
 from app.models.waitlist import WaitlistEntry, WaitlistStatus
 
 __all__ = [
     "Base", "Booking", "BookingStatus", "Event", "EventStatus", "IdempotencyKey", "Payment",
-    "PaymentKind", "PaymentStatus", "RefreshToken", "Role", "Seat", "SeatStatus", "Ticket",
-    "TicketStatus", "User", "Venue", "WaitlistEntry", "WaitlistStatus", "utcnow",
+    "PaymentKind", "PaymentStatus", "QueueStatus", "QueueTicket", "RefreshToken", "Role", "Seat",
+    "SeatStatus", "Ticket", "TicketStatus", "User", "Venue", "WaitingRoom", "WaitlistEntry", "WaitlistStatus", "utcnow",
 ]

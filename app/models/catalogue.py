@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, BigId, Money, UTCDateTime, utcnow
@@ -11,6 +11,7 @@ from app.models.base import Base, BigId, Money, UTCDateTime, utcnow
 
 class EventStatus:
     DRAFT = "DRAFT"
+    SCHEDULED = "SCHEDULED"  # published, on sale from sales_start_at
     ON_SALE = "ON_SALE"
     SOLD_OUT = "SOLD_OUT"
     CANCELLED = "CANCELLED"
@@ -67,6 +68,10 @@ class Event(Base):
     # Seated events: [{"name", "priceCents", "rows": [{"label", "seats"}]}]; None for GA.
     seat_map: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=EventStatus.DRAFT)
+    sales_start_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set while the event has a waiting room (app/models/queue.py): only admitted buyers
+    # reserve, so the reserve path's unchecked fast path must not serve it.
+    waiting_room: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -19,7 +19,7 @@ from app.schema.catalogue import (
     VenuePayload,
 )
 from app.schema.common import Connection
-from app.services import bookings, catalogue, reports
+from app.services import bookings, catalogue, queue, reports
 
 
 @strawberry.type
@@ -98,7 +98,9 @@ class CatalogueMutation:
                 ends_at=input.ends_at, currency=input.currency,
                 max_tickets_per_booking=input.max_tickets_per_booking,
                 max_tickets_per_user=input.max_tickets_per_user, capacity=input.capacity,
-                price_cents=input.price_cents, seat_map=seat_map)
+                price_cents=input.price_cents, seat_map=seat_map, sales_start_at=input.sales_start_at)
+            if input.waiting_room is not None:
+                event = await queue.set_waiting_room(session, event_id=event.id, config=input.waiting_room.config())
             return EventPayload(event=Event.from_model(event))
         return await run_mutation(info, EventPayload, work)
 
@@ -113,7 +115,7 @@ class CatalogueMutation:
             return EventPayload(event=Event.from_model(event))
         return await run_mutation(info, EventPayload, work)
 
-    @strawberry.mutation(description="Admin only. DRAFT -> ON_SALE.")
+    @strawberry.mutation(description="Admin only. DRAFT -> ON_SALE (SCHEDULED until a future salesStartAt).")
     async def publish_event(self, info: strawberry.Info, id: strawberry.ID) -> EventPayload:
         async def work(session: AsyncSession) -> EventPayload:
             info.context.require_admin()

@@ -11,6 +11,7 @@ import strawberry
 from app import metrics
 from app.errors import DomainError, ErrorCode, id_or_none
 from app.fanout import direct_sender
+from app.models import EventStatus, utcnow
 from app.schema.bookings import Booking
 from app.schema.realtime import AvailabilityUpdate, BookingUpdate
 from app.services import outbox
@@ -19,6 +20,11 @@ from app.services import outbox
 def since_version(message: dict[str, Any]) -> int:
     # Instances of the previous release (during a rolling deploy) publish without it.
     return int(message.get("sinceVersion", message["version"] - 1))
+
+
+def availability_span(message: dict[str, Any]) -> tuple[int, int]:
+    """What versions an availability message covers, for the broker to keep them in order."""
+    return since_version(message), message["version"]
 
 
 def merge_availability(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
@@ -41,9 +47,15 @@ def merge_booking_updates(older: dict[str, Any], newer: dict[str, Any]) -> dict[
 
 async def _snapshot(info: strawberry.Info, event_id: int) -> AvailabilityUpdate:
     message = await info.context.services.availability.load(event_id)
-    if message is None:
+    # A draft is not there for anyone but admins, as with `event(id)`.
+    if message is None or (message["status"] == EventStatus.DRAFT and not _is_admin(info)):
         raise DomainError(ErrorCode.NOT_FOUND, "Event not found")
     return AvailabilityUpdate.from_message(message, message["version"], snapshot=True)
+
+
+def _is_admin(info: strawberry.Info) -> bool:
+    identity = info.context.identity
+    return identity is not None and identity.is_admin and not identity.expired(utcnow())
 
 
 @strawberry.type
@@ -56,8 +68,10 @@ class RealtimeSubscription:
             raise DomainError(ErrorCode.NOT_FOUND, "Event not found")
         broker = info.context.services.broker
         sent = metrics.SUBSCRIPTION_MESSAGES.labels("eventAvailability")
-        async with broker.subscribe(outbox.availability_channel(parsed), merge_availability) as inbox:
+        async with broker.subscribe(outbox.availability_channel(parsed), merge_availability,
+                                    availability_span) as inbox:
             update = await _snapshot(info, parsed)
+            inbox.start_from(update.version)
             sent.inc()
             yield update  # through strawberry: validation, limits and errors as for any operation
             # The same for every subscriber of the event: on graphql-transport-ws each update
@@ -68,6 +82,7 @@ class RealtimeSubscription:
                 delivery = await inbox.next()
                 if delivery is None:  # messages may have been lost: start again from the truth
                     update = await _snapshot(info, parsed)
+                    inbox.start_from(update.version)
                 elif delivery.message["version"] > version:
                     update = delivery.derive(AvailabilityUpdate, partial(
                         AvailabilityUpdate.from_message, delivery.message, since_version(delivery.message)))

@@ -13,12 +13,14 @@ from app import models
 from app.errors import parse_id
 from app.models import utcnow
 from app.schema.common import MAX_INT, BigInt, UserError
-from app.services import catalogue, inventory
+from app.schema.queue import WaitingRoom, WaitingRoomInput
+from app.services import catalogue, inventory, queue
 
 
 @strawberry.enum
 class EventStatus(StrEnum):
     DRAFT = "DRAFT"
+    SCHEDULED = "SCHEDULED"
     ON_SALE = "ON_SALE"
     SOLD_OUT = "SOLD_OUT"
     CANCELLED = "CANCELLED"
@@ -95,6 +97,8 @@ class Event:
     max_tickets_per_booking: int
     max_tickets_per_user: int = strawberry.field(
         description="What one buyer may hold and have bought of this event at once, across bookings")
+    sales_start_at: datetime | None = strawberry.field(
+        description="When sales open: before it a published event is SCHEDULED")
     model: strawberry.Private[models.Event]
 
     @classmethod
@@ -103,7 +107,19 @@ class Event:
                    category=event.category, starts_at=event.starts_at, ends_at=event.ends_at,
                    capacity=event.capacity, version=event.version, price_cents=event.price_cents,
                    currency=event.currency, max_tickets_per_booking=event.max_tickets_per_booking,
-                   max_tickets_per_user=event.max_tickets_per_user, model=event)
+                   max_tickets_per_user=event.max_tickets_per_user, sales_start_at=event.sales_start_at,
+                   model=event)
+
+    @strawberry.field(description="Set for high-demand sales: only admitted buyers may reserve.")
+    async def waiting_room(self, info: strawberry.Info) -> WaitingRoom | None:
+        if not self.model.waiting_room:
+            return None
+        async with info.context.read_session() as session:
+            room = await queue.get_room(session, self.model.id)
+            if room is None:
+                return None
+            waiting, admitted = await queue.room_counts(session, self.model.id)
+        return WaitingRoom.from_model(room, waiting, admitted)
 
     @strawberry.field
     async def venue(self, info: strawberry.Info) -> Venue:
@@ -192,6 +208,10 @@ class EventInput:
     capacity: int | None = strawberry.field(default=None, description="General admission: places on sale")
     price_cents: int | None = strawberry.field(default=None, description="General admission: price of a place")
     seat_map: SeatMapInput | None = strawberry.field(default=None, description="Reserved seating")
+    sales_start_at: datetime | None = strawberry.field(
+        default=None, description="Published before this time, the event is SCHEDULED; then ON_SALE by itself")
+    waiting_room: WaitingRoomInput | None = strawberry.field(
+        default=None, description="Admit buyers from a queue at a rate (see setWaitingRoom)")
 
 
 @strawberry.input
@@ -204,6 +224,7 @@ class EventUpdateInput:
     max_tickets_per_booking: int | None = strawberry.UNSET
     max_tickets_per_user: int | None = strawberry.UNSET
     price_cents: int | None = strawberry.UNSET
+    sales_start_at: datetime | None = strawberry.UNSET
 
 
 @strawberry.type

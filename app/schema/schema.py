@@ -41,6 +41,7 @@ from app.errors import DomainError, ErrorCode
 from app.resolvers.accounts import AccountMutation, AccountQuery
 from app.resolvers.bookings import BookingMutation, BookingQuery
 from app.resolvers.catalogue import CatalogueMutation, CatalogueQuery
+from app.resolvers.queue import QueueMutation, QueueQuery, QueueSubscription
 from app.resolvers.realtime import RealtimeSubscription
 from app.resolvers.waitlist import WaitlistMutation, WaitlistQuery
 from app.schema.common import SCALARS
@@ -53,9 +54,10 @@ MAX_TOKENS = 5000  # refuses absurd documents before they are even validated
 # milliseconds per request. Bounded, so unique junk documents cannot grow memory.
 DOCUMENT_CACHE_SIZE = 512
 
-Query = merge_types("Query", (AccountQuery, CatalogueQuery, BookingQuery, WaitlistQuery))
-Mutation = merge_types("Mutation", (AccountMutation, CatalogueMutation, BookingMutation, WaitlistMutation))
-Subscription = merge_types("Subscription", (RealtimeSubscription,))
+Query = merge_types("Query", (AccountQuery, CatalogueQuery, BookingQuery, WaitlistQuery, QueueQuery))
+Mutation = merge_types("Mutation", (AccountMutation, CatalogueMutation, BookingMutation, WaitlistMutation,
+                                    QueueMutation))
+Subscription = merge_types("Subscription", (RealtimeSubscription, QueueSubscription))
 
 
 class CachedParsing(ParserCache):

@@ -43,7 +43,7 @@ from app.models import (
     WaitlistStatus,
     utcnow,
 )
-from app.services import inventory, outbox
+from app.services import inventory, outbox, queue
 from app.services.accounts import Identity
 from app.services.holds import over_cap, write_holds
 from app.services.payments import PaymentDeclined, PaymentGateway
@@ -268,7 +268,7 @@ async def reserve_general(
         for i, booking in zip(granted, written, strict=True):
             results[i] = booking
             await _remember(session, claims[i], booking.id)
-        inventory.record_availability(session, state)
+        inventory.record_availability(session, state, since=taken.version - 1)  # the take, and any give-back
     # A refused buyer leaves nothing behind, not even its key: it may try again with it.
     await _withdraw_keys(session, [claims[i] for i, result in enumerate(results) if isinstance(result, DomainError)])
     for i, earlier in repeats.items():
@@ -295,11 +295,17 @@ async def _take_in_turn(
             for i in waiting:
                 results[i] = not_found("Event")
             return None, []
+        admitted = None
+        if event.waiting_room:
+            admitted = await queue.admitted_users(session, event_id=event_id, now=now,
+                                                  user_ids=[requests[i].user_id for i in waiting])
         fitting = []
         for i in waiting:
             try:
                 _check_quantity(event, requests[i].quantity)
                 _check_event(event, requests[i].expected_version)
+                if admitted is not None and requests[i].user_id not in admitted:
+                    raise queue.queue_required()
             except DomainError as error:
                 results[i] = error
                 continue
@@ -386,6 +392,8 @@ async def _reserve_seats(
         raise not_found("Event")
     quantity = _check_request(event, quantity, seat_ids)
     _check_event(event, expected_version)
+    if event.waiting_room:
+        await queue.require_admission(session, event_id=event.id, user_id=user_id, now=now)
     cleared_lapsed = False
     if event.available < quantity:
         # Short already: decide before writing anything.
@@ -412,7 +420,8 @@ async def _reserve_seats(
                        now=now))[0]:
         refusal = _over_cap(state.max_tickets_per_user)
         if cleared_lapsed:
-            await inventory.return_places(session, event_id=event.id, quantity=quantity)
+            returned = await inventory.return_places(session, event_id=event.id, quantity=quantity)
+            inventory.record_availability(session, returned, since=state.version - 1)
             await _withdraw_keys(session, [claim])
             refusal.keep_changes = True
         raise refusal
@@ -459,7 +468,8 @@ async def _hold_seats(session: AsyncSession, booking: Booking, seat_ids: list[in
 async def _give_back(session: AsyncSession, booking: Booking, claim: KeyClaim | None) -> None:
     """Undo a refused seated reserve's own writes (its places, hold and key), keeping the rest
     of the unit of work."""
-    await inventory.return_places(session, event_id=booking.event_id, quantity=booking.quantity)
+    returned = await inventory.return_places(session, event_id=booking.event_id, quantity=booking.quantity)
+    inventory.record_availability(session, returned, since=returned.version - 2)  # the take and this
     await session.delete(booking)
     await _withdraw_keys(session, [claim])
     await session.flush()

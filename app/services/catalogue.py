@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, func, insert, or_, select
+from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import DomainError, ErrorCode, invalid_input, not_found, parse_id
@@ -151,6 +151,7 @@ async def create_event(
     max_tickets_per_user: int | None = None,
     price_cents: int | None,
     seat_map: list[Section] | None,
+    sales_start_at: datetime | None = None,
 ) -> Event:
     """A DRAFT event. General admission takes `capacity` and `price_cents`; reserved seating
     takes `seat_map`, which creates one seat row per seat, in best-available order."""
@@ -193,6 +194,7 @@ async def create_event(
         available=capacity,
         price_cents=price_cents,
         seat_map=stored_map,
+        sales_start_at=_aware("salesStartAt", sales_start_at) if sales_start_at else None,
         status=EventStatus.DRAFT,
         version=1,
         created_at=utcnow(),
@@ -250,6 +252,8 @@ async def update_event(
         if event.is_seated:
             raise invalid_input("priceCents", "Seated events take their prices from the seat map")
         event.price_cents = _int_in("priceCents", changes["price_cents"], 0, MAX_PRICE_CENTS)
+    if "sales_start_at" in changes:
+        _change_sales_start(event, changes["sales_start_at"], utcnow())
     starts_at = changes.get("starts_at", event.starts_at)
     ends_at = changes.get("ends_at", event.ends_at)
     _check_times(starts_at, ends_at)
@@ -260,16 +264,47 @@ async def update_event(
     return event
 
 
-async def publish_event(session: AsyncSession, *, event_id: int) -> Event:
-    """DRAFT -> ON_SALE."""
+def _change_sales_start(event: Event, sales_start_at: datetime | None, now: datetime) -> None:
+    """A draft or scheduled event may move its sales start; once sales began, they stay open."""
+    if sales_start_at is not None:
+        _aware("salesStartAt", sales_start_at)
+    if event.status not in (EventStatus.DRAFT, EventStatus.SCHEDULED):
+        if sales_start_at is not None and sales_start_at > now:
+            raise DomainError(ErrorCode.INVALID_STATE, "Sales have started: salesStartAt cannot move to the future",
+                              field="salesStartAt")
+    elif event.status == EventStatus.SCHEDULED:
+        event.status = _published_status(sales_start_at, now)
+    event.sales_start_at = sales_start_at
+
+
+def _published_status(sales_start_at: datetime | None, now: datetime) -> str:
+    return EventStatus.SCHEDULED if sales_start_at is not None and sales_start_at > now else EventStatus.ON_SALE
+
+
+async def publish_event(session: AsyncSession, *, event_id: int, now: datetime | None = None) -> Event:
+    """DRAFT -> ON_SALE, or SCHEDULED when its sales start later (`open_due_sales` opens them)."""
     event = await _event_for_update(session, event_id)
     if event.status != EventStatus.DRAFT:
         raise DomainError(ErrorCode.INVALID_STATE, f"Only a draft can be published (it is {event.status})")
-    event.status = EventStatus.ON_SALE
+    event.status = _published_status(event.sales_start_at, now or utcnow())
     event.version += 1
     await session.flush()
     inventory.record_availability(session, event)
     return event
+
+
+async def open_due_sales(session: AsyncSession, *, now: datetime | None = None) -> list[int]:
+    """SCHEDULED events whose sales start has come go ON_SALE. One conditional UPDATE: of any
+    number of instances running this at once, exactly one opens each event."""
+    opened = (await session.execute(
+        update(Event)
+        .where(Event.status == EventStatus.SCHEDULED, Event.sales_start_at <= (now or utcnow()))
+        .values(status=EventStatus.ON_SALE, version=Event.version + 1)
+        .returning(Event.id, Event.available, Event.version, Event.status)
+        .execution_options(synchronize_session=False))).all()
+    for state in opened:
+        inventory.record_availability(session, state)
+    return [state.id for state in opened]
 
 
 async def get_event(session: AsyncSession, event_id: int, *, include_drafts: bool) -> Event | None:

@@ -44,7 +44,7 @@ class EventCounter(NamedTuple):
 
 
 def availability_message(event_id: int, available: int, version: int, status: str,
-                         changed_seats: Iterable[tuple[int, str]] = ()) -> dict[str, Any]:
+                         changed_seats: Iterable[tuple[int, str]] = (), since: int | None = None) -> dict[str, Any]:
     """An event's state at a version, as subscribers receive it (app/resolvers/realtime.py).
     `sinceVersion`: the seat changes listed are every one after that version (merging two
     messages keeps the older one's), so a subscriber can tell merged messages from lost ones."""
@@ -52,18 +52,21 @@ def availability_message(event_id: int, available: int, version: int, status: st
         "eventId": event_id,
         "availableSeats": available,
         "version": version,
-        "sinceVersion": version - 1,
+        "sinceVersion": version - 1 if since is None else since,
         "status": status,
         "changedSeats": [{"seatId": seat_id, "status": seat_status} for seat_id, seat_status in changed_seats],
     }
 
 
 def record_availability(
-    session: AsyncSession, event: EventState, changed_seats: Iterable[tuple[int, str]] = ()
+    session: AsyncSession, event: EventState, changed_seats: Iterable[tuple[int, str]] = (), *,
+    since: int | None = None,
 ) -> None:
-    """Announce (after commit) the event's state at this version."""
+    """Announce (after commit) the event's state at this version: one step after the last
+    announced, or, given `since`, every step after that one (a unit of work that moved the
+    version more than once, announced once)."""
     outbox.record(session, outbox.availability_channel(event.id), availability_message(
-        event.id, event.available, event.version, event.status, changed_seats))
+        event.id, event.available, event.version, event.status, changed_seats, since))
 
 
 _EVENT_STATE = (Event.id, Event.available, Event.version, Event.status)
@@ -91,8 +94,10 @@ def _take_statement(*conditions: Any) -> Any:
 # Built once: the hottest statements of a sale, compiled once and then only bound.
 _TAKE_PLACES = _take_statement()
 # For buyers who have not been checked against the event yet: none of them may ask for more
-# than one booking allows, so the common case needs no read before it.
-_TAKE_CHECKED = _take_statement(Event.max_tickets_per_booking >= bindparam("largest"))
+# than one booking allows, so the common case needs no read before it. Events with a waiting
+# room never take this path: their buyers' admissions are checked first (`bookings`).
+_TAKE_CHECKED = _take_statement(Event.max_tickets_per_booking >= bindparam("largest"),
+                                Event.waiting_room.is_(False))
 
 
 async def take_places(session: AsyncSession, *, event_id: int, quantity: int,

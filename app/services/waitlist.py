@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import DomainError, ErrorCode, invalid_input, not_found
 from app.models import Event, EventStatus, WaitlistEntry, WaitlistStatus, utcnow
-from app.services import bookings, inventory
+from app.services import bookings, inventory, queue
 from app.services.accounts import Identity
 from app.services.payments import PaymentGateway
 
@@ -30,6 +30,8 @@ async def join(session: AsyncSession, *, user_id: int, event_id: int, quantity: 
         raise not_found("Event")
     if event.status not in (EventStatus.ON_SALE, EventStatus.SOLD_OUT):
         raise DomainError(ErrorCode.EVENT_NOT_ON_SALE, "This event is not on sale")
+    if event.waiting_room:
+        await queue.require_admission(session, event_id=event_id, user_id=user_id, now=now, sold_out_ok=True)
     if quantity < 1:
         raise invalid_input("quantity", "quantity must be at least 1")
     if quantity > event.max_tickets_per_booking:

@@ -16,6 +16,9 @@ const state = {
   newestSeen: 0,        // newest version announced while re-reading
   hold: null,           // the user's current booking
   live: null,           // the LiveFeed of the open event
+  ticket: null,         // the user's queue ticket for the open event, if it has a waiting room
+  firstPosition: null,  // the ticket's position when this page first saw it (the progress bar's start)
+  queueFeed: null,      // the LiveFeed of that ticket
 };
 
 // Seats come in pages (the server's largest is 5,000): the first with the event, then the rest.
@@ -23,7 +26,7 @@ const SEAT_PAGE_SIZE = 5000;
 const SEAT_FIELDS = "id section row number label status priceCents";
 const EVENT_QUERY = `query($id: ID!, $first: Int!) { event(id: $id) {
   id name description startsAt status availableSeats version priceCents currency maxTicketsPerBooking
-  venue { name city } seatMap { name }
+  salesStartAt waitingRoom { admitPerMinute queueLength } venue { name city } seatMap { name }
   seats(first: $first) { ${SEAT_FIELDS} } } }`;
 const SEAT_PAGE_QUERY = `query($id: ID!, $first: Int!, $after: ID) { event(id: $id) {
   seats(first: $first, after: $after) { ${SEAT_FIELDS} } } }`;
@@ -33,6 +36,8 @@ const BOOKING_FIELDS = `booking { ${BOOKING} } errors { code message }`;
 const SESSION_FIELDS = "accessToken refreshToken user { name email } errors { code message }";
 const AVAILABILITY_SUBSCRIPTION = `subscription($eventId: ID!) { eventAvailability(eventId: $eventId) {
   eventId availableSeats version sinceVersion status snapshot changedSeats { seatId status } } }`;
+const TICKET = "eventId status position estimatedWaitSeconds admittedUntil joinedAt";
+const QUEUE_SUBSCRIPTION = `subscription($eventId: ID!) { queueStatus(eventId: $eventId) { ${TICKET} } }`;
 
 // --- helpers ---------------------------------------------------------------------------------
 
@@ -143,7 +148,7 @@ async function signIn(kind, button) {
   form.reset();
   setToken(payload.accessToken, payload.refreshToken);
   showUser(payload.user);
-  if (state.event) await loadHold(state.event.id);
+  if (state.event) await Promise.all([loadHold(state.event.id), loadTicket(state.event.id)]);
 }
 
 async function signOut() {
@@ -154,6 +159,7 @@ async function signOut() {
   setToken(null, null);
   showUser(null);
   setHold(null);
+  setTicket(null);
 }
 
 // After a reload the tab still has its tokens (gql renews an access token that ran out).
@@ -226,7 +232,8 @@ async function openEvent(id) {
   }
   showEventState(event);
   startLive(event.id);
-  await loadHold(event.id);
+  setTicket(null);
+  await Promise.all([loadHold(event.id), loadTicket(event.id)]);
 }
 
 function showEventState(event) {
@@ -312,12 +319,13 @@ function toggleSeat(button) {
 
 // --- live availability -----------------------------------------------------------------------
 
-// One graphql-transport-ws connection carrying eventAvailability; reconnects with backoff.
-// Anonymous: availability is public, and a token would only make reconnects fail once it
-// has expired.
+// One graphql-transport-ws connection carrying one subscription; reconnects with backoff.
+// Availability goes anonymous: it is public, and a token would only make reconnects fail once
+// it has expired. The queue ticket is private: its feed signs in (`token`).
 class LiveFeed {
-  constructor(eventId) {
-    Object.assign(this, { eventId, attempt: 0, stopped: false, ws: null, timer: null });
+  constructor(eventId, { query = AVAILABILITY_SUBSCRIPTION, apply = (data) => applyAvailability(data.eventAvailability),
+                         token = null, showState = setLiveState } = {}) {
+    Object.assign(this, { eventId, query, apply, token, showState, attempt: 0, stopped: false, ws: null, timer: null });
     this.connect();
   }
 
@@ -325,27 +333,28 @@ class LiveFeed {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(`${scheme}//${location.host}/graphql`, "graphql-transport-ws");
     this.ws = ws;
-    setLiveState("connecting", "connecting…");
+    this.showState("connecting", "connecting…");
     const send = (message) => ws.send(JSON.stringify(message));
-    ws.addEventListener("open", () => send({ type: "connection_init", payload: {} }));
+    const init = this.token ? { authorization: `Bearer ${state.token}` } : {};
+    ws.addEventListener("open", () => send({ type: "connection_init", payload: init }));
     ws.addEventListener("message", (message) => {
       if (ws !== this.ws || this.stopped) return;
       const msg = JSON.parse(message.data);
       if (msg.type === "connection_ack") {
         send({ id: "1", type: "subscribe",
-               payload: { query: AVAILABILITY_SUBSCRIPTION, variables: { eventId: this.eventId } } });
+               payload: { query: this.query, variables: { eventId: this.eventId } } });
       } else if (msg.type === "ping") {
         send({ type: "pong" });
       } else if (msg.type === "next") {
         if (msg.payload.errors?.length) showMessages(msg.payload.errors.map((error) => error.message));
         if (!msg.payload.data) return;
         this.attempt = 0;
-        setLiveState("live", "live");
-        applyAvailability(msg.payload.data.eventAvailability);
+        this.showState("live", "live");
+        this.apply(msg.payload.data);
       } else if (msg.type === "error") {
         showMessages(msg.payload.map((error) => error.message));
         this.stop();
-        setLiveState("failed", "live updates unavailable");
+        this.showState("failed", "live updates unavailable");
       } else if (msg.type === "complete") {
         ws.close(1000);  // the server ended the stream: subscribe again after a pause
       }
@@ -354,7 +363,7 @@ class LiveFeed {
       if (ws !== this.ws || this.stopped) return;
       const delay = Math.min(15000, 500 * 2 ** this.attempt) * (0.75 + Math.random() / 2);
       this.attempt += 1;
-      setLiveState("reconnecting", `reconnecting in ${Math.ceil(delay / 1000)} s…`);
+      this.showState("reconnecting", `reconnecting in ${Math.ceil(delay / 1000)} s…`);
       this.timer = setTimeout(() => this.connect(), delay);
     });
   }
@@ -422,6 +431,90 @@ async function reloadSeats(version) {
   }
 }
 
+// --- waiting room ----------------------------------------------------------------------------
+
+// On an event with a waiting room only admitted buyers reserve: the page shows the queue (place,
+// estimated wait, a progress bar) until the admission arrives, then the seat map with the time left.
+async function loadTicket(eventId) {
+  if (!state.token || !state.event?.waitingRoom) return renderQueue();
+  const data = await gql(`query($id: ID!) { myQueueTicket(eventId: $id) { ${TICKET} } }`, { id: eventId });
+  if (state.event?.id === eventId) setTicket(data?.myQueueTicket ?? null);
+}
+
+async function joinQueue() {
+  const button = $("#join-queue-btn");
+  button.disabled = true;
+  try {
+    const data = await gql(`mutation($id: ID!) { result: joinQueue(eventId: $id) { ticket { ${TICKET} }
+      errors { code message } } }`, { id: state.event.id });
+    const payload = data?.result;
+    if (payload?.errors.length) showMessages(payload.errors.map((error) => error.message));
+    else if (payload) { clearMessages(); setTicket(payload.ticket); }
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function setTicket(ticket) {
+  const following = state.queueFeed && state.ticket && ticket;
+  state.ticket = ticket;
+  if (ticket?.status === "WAITING" && state.firstPosition === null) state.firstPosition = ticket.position;
+  if (!ticket) state.firstPosition = null;
+  if (!following) {
+    state.queueFeed?.stop();
+    state.queueFeed = ticket ? new LiveFeed(ticket.eventId, {
+      query: QUEUE_SUBSCRIPTION, token: true, showState: () => {},
+      apply: (data) => { if (state.ticket?.eventId === data.queueStatus.eventId) setTicket(data.queueStatus); },
+    }) : null;
+  }
+  renderQueue();
+}
+
+const admitted = () => state.ticket?.status === "ADMITTED" && Date.parse(state.ticket.admittedUntil) > Date.now();
+const queueBlocks = () => Boolean(state.event?.waitingRoom) && !admitted();
+
+function renderQueue() {
+  const room = $("#waiting-room");
+  const event = state.event;
+  room.hidden = !event?.waitingRoom;
+  if (!event) return;
+  const ticket = state.ticket;
+  const blocked = queueBlocks();
+  $("#seat-area").hidden = !event.seatMap || blocked;
+  $("#reserve-form").hidden = blocked;
+  room.dataset.status = ticket?.status ?? "NONE";
+  const canJoin = Boolean(state.token) && (!ticket || ["LEFT", "LAPSED"].includes(ticket.status)
+    || (ticket.status === "ADMITTED" && !admitted()));
+  $("#join-queue-btn").hidden = !canJoin;
+  $("#queue-progress").hidden = ticket?.status !== "WAITING";
+  let text = "";
+  if (!state.token) text = "This sale has a waiting room: sign in to join the queue.";
+  else if (!ticket) text = "This sale has a waiting room: join the queue to get your turn.";
+  else if (ticket.status === "WAITING") {
+    const wait = ticket.estimatedWaitSeconds === null ? "admission is paused"
+      : `about ${Math.max(1, Math.round(ticket.estimatedWaitSeconds / 60))} min to wait`;
+    text = `You are number ${ticket.position} in the queue · ${wait}`;
+    const start = Math.max(state.firstPosition ?? ticket.position, ticket.position);
+    $("#queue-progress").value = start > 1 ? (start - ticket.position) / (start - 1) : 1;
+  } else if (ticket.status === "SOLD_OUT") text = "Sold out while you waited: you may join the waitlist.";
+  else if (ticket.status === "LEFT") text = "You left the queue.";
+  else if (!admitted()) text = "Your turn has passed: join the queue again.";
+  $("#queue-text").textContent = text;
+  tickAdmission();
+  updateControls();
+}
+
+function tickAdmission() {  // an admission's remaining time, once a second
+  const el = $("#admission-countdown");
+  if (!admitted()) {
+    el.textContent = "";
+    if (state.ticket?.status === "ADMITTED" && !$("#reserve-form").hidden) renderQueue();  // it just ran out
+    return;
+  }
+  const left = Math.max(0, Math.round((Date.parse(state.ticket.admittedUntil) - Date.now()) / 1000));
+  el.textContent = `It's your turn: reserve within ${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+}
+
 // --- booking ---------------------------------------------------------------------------------
 
 function updateControls() {
@@ -432,6 +525,7 @@ function updateControls() {
   let reason = "";
   if (!state.token) reason = "Sign in to reserve.";
   else if (event.status !== "ON_SALE") reason = "This event is not on sale.";
+  else if (queueBlocks()) reason = "Wait for your turn in the queue.";
   else if (event.seatMap && state.selected.size === 0) reason = "Pick seats on the map.";
   button.disabled = Boolean(reason);
   if (reason) hint.textContent = reason;
@@ -530,8 +624,9 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("#quantity").addEventListener("input", updateControls);
   $("#pay-btn").addEventListener("click", pay);
   $("#cancel-btn").addEventListener("click", cancel);
+  $("#join-queue-btn").addEventListener("click", joinQueue);
   window.addEventListener("hashchange", routeFromHash);
-  setInterval(tick, 1000);
+  setInterval(() => { tick(); tickAdmission(); }, 1000);
   await Promise.all([restoreSession(), loadEvents()]);
   routeFromHash();
 });

@@ -1,0 +1,100 @@
+"""The waiting room: joining, leaving and watching one's place (buyers), setting it (admins)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+
+import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import metrics
+from app.errors import DomainError, ErrorCode, id_or_none, parse_id
+from app.models import QueueStatus
+from app.resolvers.base import run_mutation
+from app.schema.catalogue import Event, EventPayload
+from app.schema.queue import QueuePayload, QueueTicket, WaitingRoomInput
+from app.services import queue
+
+
+async def _current(info: strawberry.Info, user_id: int, event_id: int) -> QueueTicket | None:
+    async with info.context.read_session() as session:
+        ticket = await queue.ticket_of(session, user_id=user_id, event_id=event_id)
+        return QueueTicket.from_view(await queue.view(session, ticket)) if ticket else None
+
+
+@strawberry.type
+class QueueQuery:
+    @strawberry.field(description="The signed-in buyer's place in an event's queue; null without one.")
+    async def my_queue_ticket(self, info: strawberry.Info, event_id: strawberry.ID) -> QueueTicket | None:
+        parsed = id_or_none(event_id)
+        if info.context.identity is None or parsed is None:
+            return None
+        return await _current(info, info.context.identity.user_id, parsed)
+
+
+@strawberry.type
+class QueueMutation:
+    @strawberry.mutation(description="A place in the event's waiting room; the same ticket when already queued.")
+    async def join_queue(self, info: strawberry.Info, event_id: strawberry.ID) -> QueuePayload:
+        async def work(session: AsyncSession) -> QueuePayload:
+            identity = info.context.require_user()
+            ticket = await queue.join(session, user_id=identity.user_id, event_id=parse_id(event_id, "eventId"))
+            return QueuePayload(ticket=QueueTicket.from_view(await queue.view(session, ticket)))
+        settings = info.context.settings
+        return await run_mutation(info, QueuePayload, work, limits=[
+            (f"queue-join:{info.context.caller_key}", settings.queue_join_rate_limit_per_minute),
+            (f"queue-join:ip:{info.context.client_ip}", settings.queue_join_ip_rate_limit_per_minute)])
+
+    @strawberry.mutation(description="Give up one's place (or admission) in the event's queue.")
+    async def leave_queue(self, info: strawberry.Info, event_id: strawberry.ID) -> QueuePayload:
+        async def work(session: AsyncSession) -> QueuePayload:
+            identity = info.context.require_user()
+            ticket = await queue.leave(session, user_id=identity.user_id, event_id=parse_id(event_id, "eventId"))
+            return QueuePayload(ticket=QueueTicket.from_view(await queue.view(session, ticket)))
+        return await run_mutation(info, QueuePayload, work)
+
+    @strawberry.mutation(description="Admin only. Set, change or pause the event's waiting room; null removes it.")
+    async def set_waiting_room(self, info: strawberry.Info, event_id: strawberry.ID,
+                               input: WaitingRoomInput | None = None) -> EventPayload:
+        async def work(session: AsyncSession) -> EventPayload:
+            info.context.require_admin()
+            event = await queue.set_waiting_room(session, event_id=parse_id(event_id, "eventId"),
+                                                 config=input.config() if input else None)
+            return EventPayload(event=Event.from_model(event))
+        return await run_mutation(info, EventPayload, work)
+
+
+@strawberry.type
+class QueueSubscription:
+    @strawberry.subscription(description="The buyer's queue ticket at once, then as it moves: admission and "
+                                         "sold out at once, position changes at most every few seconds.")
+    async def queue_status(self, info: strawberry.Info,
+                           event_id: strawberry.ID) -> AsyncGenerator[QueueTicket, None]:
+        identity = info.context.require_user()
+        parsed = id_or_none(event_id)
+        if parsed is None:
+            raise DomainError(ErrorCode.NOT_FOUND, "Event not found")
+        interval = info.context.settings.queue_status_interval_seconds
+        sent = metrics.SUBSCRIPTION_MESSAGES.labels("queueStatus")
+        async with info.context.services.broker.subscribe(queue.queue_channel(parsed),
+                                                          queue.merge_queue_messages) as inbox:
+            current = await _current(info, identity.user_id, parsed)
+            if current is None:
+                raise DomainError(ErrorCode.NOT_FOUND, "No place in this queue: join it with joinQueue")
+            sent.inc()
+            yield current
+            sent_at = time.monotonic()
+            while True:
+                delivery = await inbox.next()
+                info.context.require_user()  # a private stream ends with the caller's token
+                only_moved = delivery is not None and identity.user_id not in delivery.message["users"] \
+                    and not delivery.message["soldOut"]
+                # Only the position moved: worth a read (and a message) every `interval` at most.
+                if only_moved and (current.status != QueueStatus.WAITING or time.monotonic() - sent_at < interval):
+                    continue
+                ticket = await _current(info, identity.user_id, parsed)
+                if ticket is not None and ticket != current:
+                    current, sent_at = ticket, time.monotonic()
+                    sent.inc()
+                    yield ticket
