@@ -47,6 +47,8 @@ class Settings:
     # Put before every Redis key and channel: deployments (or test runs) sharing one Redis
     # never see each other's messages or counters.
     redis_prefix: str = ""
+    # REDIS_URL names one node of a Redis Cluster: sharded pub/sub, keys spread over shards.
+    redis_cluster: bool = False
     jwt_secret: str = DEV_JWT_SECRET
     jwt_algorithm: str = "HS256"
     access_token_ttl_seconds: int = 900
@@ -119,6 +121,7 @@ _FIELDS = {
     "DATABASE_URL": ("database_url", str),
     "REDIS_URL": ("redis_url", str),
     "REDIS_PREFIX": ("redis_prefix", str),
+    "REDIS_CLUSTER": ("redis_cluster", boolean),
     "JWT_SECRET": ("jwt_secret", str),
     "ACCESS_TOKEN_TTL_SECONDS": ("access_token_ttl_seconds", int),
     "REFRESH_TOKEN_TTL_SECONDS": ("refresh_token_ttl_seconds", int),

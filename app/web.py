@@ -18,6 +18,7 @@ from typing import Any
 
 from cross_web import HTTPException
 from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -268,9 +269,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings=settings,
         sessionmaker=create_sessionmaker(engine),
         gateway=MockGateway(),
-        broker=Broker(settings.redis_url or "memory://", prefix=settings.redis_prefix),
-        limiter=(RedisRateLimiter(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url
-                 else MemoryRateLimiter()),
+        broker=Broker(settings.redis_url or "memory://", prefix=settings.redis_prefix, cluster=settings.redis_cluster),
+        limiter=(RedisRateLimiter(settings.redis_url, prefix=settings.redis_prefix, cluster=settings.redis_cluster)
+                 if settings.redis_url else MemoryRateLimiter()),
     )
     graphql = GraphQLApp(services)
 
@@ -323,6 +324,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.services = services
     app.state.draining = False
-    app.state.redis = (aioredis.Redis.from_url(settings.redis_url, socket_timeout=2)
-                       if settings.redis_url else None)
+    app.state.redis = (None if not settings.redis_url
+                       else RedisCluster.from_url(settings.redis_url, socket_timeout=2) if settings.redis_cluster
+                       else aioredis.Redis.from_url(settings.redis_url, socket_timeout=2))
     return app

@@ -133,8 +133,9 @@ async def serve_in_process(app: Any) -> AsyncIterator[str]:
 class RedisProcess:
     """A private redis-server on a free port, to kill and restart under a running app."""
 
-    def __init__(self) -> None:
+    def __init__(self, args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
+        self.args = args  # more options for redis-server
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -145,7 +146,7 @@ class RedisProcess:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--daemonize", "no", *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
         try:
             async with asyncio.timeout(STARTUP_TIMEOUT):
@@ -162,6 +163,63 @@ class RedisProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             await asyncio.to_thread(self.process.wait)
+
+
+class RedisClusterProcesses:
+    """A Redis Cluster of `size` masters (no replicas) on free ports; a node killed and started
+    again keeps its port and its cluster config, so it comes back with its slots."""
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        # Other shards keep serving while one is down (the default stops the whole cluster);
+        # a down node is noticed within 2 s.
+        self.nodes = [RedisProcess(args=("--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                                         "--cluster-config-file", str(directory / f"nodes-{i}.conf"),
+                                         "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no",
+                                         "--dir", str(directory)))
+                      for i in range(size)]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    async def start(self) -> None:
+        await asyncio.gather(*(node.start() for node in self.nodes))
+        create = await asyncio.create_subprocess_exec(
+            shutil.which("redis-cli") or "/usr/bin/redis-cli", "--cluster", "create",
+            *(f"127.0.0.1:{node.port}" for node in self.nodes), "--cluster-replicas", "0", "--cluster-yes",
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output, _ = await create.communicate()
+        assert create.returncode == 0, output.decode()
+        await self.wait_until_ok()
+
+    async def wait_until_ok(self) -> None:
+        """Until every node sees the cluster whole (all slots served)."""
+        clients = [redis.Redis(port=node.port, socket_connect_timeout=1) for node in self.nodes]
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                while True:
+                    with contextlib.suppress(redis.RedisError):
+                        if all(client.cluster("info")["cluster_state"] == "ok" for client in clients):
+                            return
+                    await asyncio.sleep(0.1)
+        finally:
+            for client in clients:
+                client.close()
+
+    def owner_of(self, key: str) -> RedisProcess:
+        """The node serving `key`'s hash slot (a sharded channel's too)."""
+        client = redis.Redis(port=self.nodes[0].port)
+        try:
+            slot = client.cluster("keyslot", key)
+            for start, end, (_host, port, *_), *_replicas in client.execute_command("CLUSTER SLOTS"):
+                if start <= slot <= end:
+                    return next(node for node in self.nodes if node.port == port)
+        finally:
+            client.close()
+        raise AssertionError(f"no node serves {key}")
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(node.kill() for node in self.nodes))
 
 
 def binary(name: str) -> str:

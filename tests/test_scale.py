@@ -1,6 +1,7 @@
 """Past one machine (issue #18): the service on the engines that scale it out, each started
-here on a free port: PgBouncer in transaction pooling between the app and PostgreSQL, and
-HAProxy (deploy/haproxy.cfg) in front of three instances that drain on SIGTERM."""
+here on a free port: PgBouncer in transaction pooling between the app and PostgreSQL, a
+Redis Cluster for pub/sub, and HAProxy (deploy/haproxy.cfg) in front of three instances that
+drain on SIGTERM."""
 
 from __future__ import annotations
 
@@ -16,15 +17,18 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from websockets.exceptions import ConnectionClosed
 
+from app.services import outbox
+from app.services.ratelimit import RedisRateLimiter
 from app.settings import Settings
 from tests import test_batching, test_concurrency
-from tests.conftest import POSTGRES_ADMIN_URL, POSTGRES_DB, GraphQLClient, base_settings
+from tests.conftest import POSTGRES_ADMIN_URL, POSTGRES_DB, REDIS_PREFIX, GraphQLClient, base_settings
 from tests.factories import make_event, make_users, token_for
 from tests.servers import (
     MESSAGE_TIMEOUT,
     AppProcess,
     HAProxyProcess,
     PgBouncerProcess,
+    RedisClusterProcesses,
     app_processes,
     http_client,
     subscribe,
@@ -171,3 +175,62 @@ async def test_a_subscriber_behind_haproxy_keeps_receiving_while_its_instance_dr
         finally:
             await balancer.stop()
     assert await test_concurrency.assert_inventory_truth(sessionmaker, event.id) == booked > 0
+
+
+# --- Redis Cluster: sharded pub/sub between instances, a shard restart survived -------------
+
+@pytest.fixture
+async def redis_cluster(tmp_path: Path) -> AsyncIterator[RedisClusterProcesses]:
+    cluster = RedisClusterProcesses(tmp_path)
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+async def test_rate_limits_count_on_every_shard_of_a_cluster(redis_cluster: RedisClusterProcesses) -> None:
+    limiter = RedisRateLimiter(redis_cluster.url, prefix=REDIS_PREFIX, cluster=True)
+    try:
+        callers = [f"caller-{i}" for i in range(30)]  # their counters spread over the three shards
+        # One loop turn, so one pipeline that the cluster client splits by shard.
+        answers = await asyncio.gather(*(limiter.hit([(caller, 2), ("everyone", 1000)], window_seconds=60)
+                                         for caller in callers for _ in range(3)))
+        assert [answer is None for answer in answers] == [True, True, False] * 30
+        # The refused calls took their counts back: everyone's counter is at 60 exactly.
+        assert await limiter.hit([("everyone", 61)], window_seconds=60) is None
+        assert await limiter.hit([("everyone", 61)], window_seconds=60) is not None
+    finally:
+        await limiter.close()
+
+
+async def test_redis_cluster_carries_changes_between_instances_and_a_restarted_shard_resynchronises(
+        pgbouncer: PgBouncerProcess, redis_cluster: RedisClusterProcesses, settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path) -> None:
+    event = await make_event(sessionmaker, capacity=10)
+    tokens = [token_for(user, settings) for user in await make_users(sessionmaker, 4)]
+    async with app_processes(2, database_url=pgbouncer.url(POSTGRES_DB), redis_url=redis_cluster.url, log_dir=tmp_path,
+                             env={"DB_PGBOUNCER": "1", "REDIS_CLUSTER": "1"}) as [a, b], \
+            http_client(b.http_url) as gql_b, \
+            subscribe(a.ws_url, AVAILABILITY, {"id": str(event.id)}) as sub:
+
+        async def state() -> tuple[bool, int, int]:
+            update = (await sub.next())["eventAvailability"]
+            return update["snapshot"], update["availableSeats"], update["version"] - event.version
+
+        async def book(token: str) -> None:
+            assert (await reserve(gql_b, token, event.id, quantity=1))["errors"] == []
+
+        assert await state() == (True, 10, 0)
+        await book(tokens[0])  # on B, seen on A: through the shard that owns the channel
+        assert await state() == (False, 9, 1)
+
+        shard = redis_cluster.owner_of(f"{REDIS_PREFIX}{outbox.availability_channel(event.id)}")
+        await shard.kill()
+        await book(tokens[1])  # booking goes on; the change cannot be published
+        await book(tokens[2])
+        await shard.start()  # same port, same cluster config: it serves its slots again
+        # A's listener subscribes again on the shard, and its subscriber gets a snapshot.
+        assert await state() == (True, 7, 3)
+        await book(tokens[3])
+        assert await state() == (False, 6, 4)
