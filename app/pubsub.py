@@ -291,10 +291,13 @@ class ShardedRedisBackend(BroadcastBackend):
             shard.channels -= moved
             for channel in moved:
                 await self._place(channel)
-            if await shard.connect() or moved:
-                logger.warning("Redis shard %s reconnected; resynchronising %d channels",
-                               name, len(shard.channels | moved))
-                for channel in shard.channels | moved:
+                self._queue.put_nowait(BroadcastEvent(channel, RESYNC))
+            if not shard.channels:  # nothing of ours lives there now: stop waiting for it
+                del self._shards[name]
+                return
+            if await shard.connect():
+                logger.warning("Redis shard %s reconnected; resynchronising %d channels", name, len(shard.channels))
+                for channel in shard.channels:
                     self._queue.put_nowait(BroadcastEvent(channel, RESYNC))
 
 
