@@ -1,4 +1,4 @@
-"""The `bookmyevent` command: serve, migrate, seed-demo, create-admin, schema."""
+"""The `bookmyevent` command: serve, migrate, seed-demo, create-admin, create-staff, ticket keys, schema."""
 
 from __future__ import annotations
 
@@ -48,12 +48,25 @@ def seed_demo(settings: Settings) -> bool:
     return asyncio.run(_with_session(settings, seed))
 
 
-def create_admin(settings: Settings, email: str, password: str, name: str) -> None:
-    from app.models import Role
+def create_account(settings: Settings, email: str, password: str, name: str, role: str) -> None:
     from app.services.accounts import create_user
 
     asyncio.run(_with_session(settings, lambda session: create_user(
-        session, email=email, password=password, name=name, role=Role.ADMIN, settings=settings)))
+        session, email=email, password=password, name=name, role=role, settings=settings)))
+
+
+def rotate_ticket_key(settings: Settings) -> str:
+    from app.services.tickets import rotate_key
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        return (await rotate_key(session, secret=settings.ticket_key_secret)).kid
+    return str(asyncio.run(_with_session(settings, work)))
+
+
+def retire_ticket_key(settings: Settings, kid: str) -> None:
+    from app.services.tickets import retire_key
+
+    asyncio.run(_with_session(settings, lambda session: retire_key(session, kid=kid)))
 
 
 def share_metrics_between_workers(port: int) -> None:
@@ -107,10 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_argument("--email", required=True)
     admin.add_argument("--password", required=True)
     admin.add_argument("--name", default="Administrator")
+    staff = commands.add_parser("create-staff", help="create a door staff account (check-in only)")
+    staff.add_argument("--email", required=True)
+    staff.add_argument("--password", required=True)
+    staff.add_argument("--name", default="Door staff")
+    commands.add_parser("rotate-ticket-key", help="sign new tickets with a new key; old tickets stay valid")
+    retire = commands.add_parser("retire-ticket-key", help="refuse every ticket a rotated key signed")
+    retire.add_argument("--kid", required=True)
     commands.add_parser("schema", help="print the GraphQL schema (SDL)")
     args = parser.parse_args(argv)
 
     from app.errors import DomainError
+    from app.models import Role
 
     try:
         settings = load_settings()
@@ -122,10 +143,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "seed-demo":
             migrate(settings)
             print("Seeded." if seed_demo(settings) else "Events exist already; nothing seeded.")
-        elif args.command == "create-admin":
+        elif args.command in ("create-admin", "create-staff"):
             migrate(settings)
-            create_admin(settings, args.email, args.password, args.name)
-            print(f"Administrator {args.email} created.")
+            admin = args.command == "create-admin"
+            create_account(settings, args.email, args.password, args.name, Role.ADMIN if admin else Role.STAFF)
+            print(f"{'Administrator' if admin else 'Door staff'} {args.email} created.")
+        elif args.command == "rotate-ticket-key":
+            migrate(settings)
+            print(f"New signing key {rotate_ticket_key(settings)}; earlier keys verify until retired.")
+        elif args.command == "retire-ticket-key":
+            migrate(settings)
+            retire_ticket_key(settings, args.kid)
+            print(f"Key {args.kid} retired: its tickets are refused.")
         elif args.command == "schema":
             print(schema_sdl())
     except (ConfigurationError, DomainError) as error:

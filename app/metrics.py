@@ -52,6 +52,11 @@ QUEUE_WAITING = Gauge("bookmyevent_queue_waiting", "Queue tickets WAITING (at th
 QUEUE_ADMITTED = Counter("bookmyevent_queue_admitted_total", "Buyers admitted from the queue", ["event"])
 QUEUE_LAPSED = Counter("bookmyevent_queue_lapsed_total", "Admissions that lapsed unused", ["event"])
 QUEUE_SOLD_OUT = Counter("bookmyevent_queue_sold_out_total", "Waiting buyers told the event sold out", ["event"])
+# Labelled by key prefix: bounded by the keys an admin creates, and not secret.
+API_KEY_REQUESTS = Counter("bookmyevent_api_key_requests_total", "GraphQL operations per partner API key",
+                           ["prefix"])
+WEBHOOK_ATTEMPTS = Counter("bookmyevent_webhook_attempts_total", "Webhook delivery attempts by outcome",
+                           ["outcome"])
 SWEEPS = Counter("bookmyevent_sweeper_runs_total", "Expiry sweeper runs")
 EXPIRED_HOLDS = Counter("bookmyevent_expired_holds_total", "Holds expired by the sweeper")
 

@@ -95,6 +95,19 @@ class Settings:
     # otherwise hold a connection as long as they like).
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 20.0
+    # Partners: a key's operations per minute unless its creator gave it another limit.
+    api_key_rate_limit_per_minute: int = 600
+    # Webhook delivery (app/jobs/webhooks.py): targets on private or loopback addresses are
+    # refused unless allowed (development, tests); seconds to wait after each failed attempt
+    # (about a day in all, then the delivery is FAILED); an endpoint failing this long is disabled.
+    webhook_allow_private_targets: bool = False
+    webhook_retry_seconds: str = "5,30,120,600,3600,10800,10800,10800,10800,10800,10800,10800"
+    webhook_disable_after_seconds: int = 24 * 3600
+    webhook_timeout_seconds: float = 10.0
+    webhook_poll_interval_seconds: float = 1.0
+    webhook_concurrency: int = 32  # deliveries in flight per process
+    # Encrypts the ticket signing keys stored in the database (empty: stored unencrypted).
+    ticket_key_secret: str = ""
     # On SIGTERM, /readyz fails this long before the server stops (longer than the balancer
     # takes to notice: HAProxy's checks in deploy/haproxy.cfg need 2-3 s).
     drain_seconds: float = 5.0
@@ -107,8 +120,17 @@ class Settings:
     def production(self) -> bool:
         return not self.is_sqlite or self.redis_url is not None
 
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        return tuple(float(part) for part in self.webhook_retry_seconds.split(",") if part.strip())
+
     def check(self) -> None:
         """Refuse configurations that would be unsafe in production."""
+        try:
+            if any(delay < 0 for delay in self.webhook_retry_delays):
+                raise ValueError(self.webhook_retry_seconds)
+        except ValueError:
+            raise ConfigurationError("WEBHOOK_RETRY_SECONDS must be seconds separated by commas") from None
         if self.production and self.jwt_secret == DEV_JWT_SECRET:
             raise ConfigurationError(
                 "JWT_SECRET must be set when DATABASE_URL or REDIS_URL select production mode"
@@ -155,6 +177,14 @@ _FIELDS = {
     "WEBSOCKETS_PER_ADDRESS": ("websockets_per_address", int),
     "HEADER_TIMEOUT_SECONDS": ("header_timeout_seconds", float),
     "BODY_TIMEOUT_SECONDS": ("body_timeout_seconds", float),
+    "API_KEY_RATE_LIMIT_PER_MINUTE": ("api_key_rate_limit_per_minute", int),
+    "WEBHOOK_ALLOW_PRIVATE_TARGETS": ("webhook_allow_private_targets", boolean),
+    "WEBHOOK_RETRY_SECONDS": ("webhook_retry_seconds", str),
+    "WEBHOOK_DISABLE_AFTER_SECONDS": ("webhook_disable_after_seconds", int),
+    "WEBHOOK_TIMEOUT_SECONDS": ("webhook_timeout_seconds", float),
+    "WEBHOOK_POLL_INTERVAL_SECONDS": ("webhook_poll_interval_seconds", float),
+    "WEBHOOK_CONCURRENCY": ("webhook_concurrency", int),
+    "TICKET_KEY_SECRET": ("ticket_key_secret", str),
     "DRAIN_SECONDS": ("drain_seconds", float),
 }
 

@@ -6,16 +6,19 @@ import asyncio
 import contextlib
 import gc
 import html
+import io
 import json
 import logging
 import signal
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import segno
 from cross_web import HTTPException
 from redis import asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -37,12 +40,13 @@ from app.db import create_engine, create_sessionmaker
 from app.errors import DomainError
 from app.fanout import TransportWSHandler
 from app.jobs import admission, run_every
+from app.jobs.webhooks import run_deliverer
 from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, error_response
 from app.pubsub import Broker
 from app.resolvers.context import AppServices, Context
 from app.schema.schema import create_schema
-from app.services import bookings
-from app.services.accounts import identity_from_authorization
+from app.services import apikeys, bookings, tickets
+from app.services.accounts import Identity, identity_from_authorization
 from app.services.payments import MockGateway
 from app.services.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from app.settings import Settings, load_settings
@@ -149,8 +153,7 @@ class GraphQLApp(GraphQL[Context, None]):
         identity = None
         if not isinstance(request, WebSocket):  # websockets authenticate in connection_init
             try:
-                identity = identity_from_authorization(request.headers.get("authorization"),
-                                                       self.services.settings)
+                identity = await self._authenticate(request.headers.get("authorization"))
             except DomainError as error:
                 # Refused outright, not read anonymously: the client learns to renew its token
                 # (no token at all still reads anonymously).
@@ -158,6 +161,17 @@ class GraphQLApp(GraphQL[Context, None]):
         return Context(self.services, identity, base_url=self._base_url(request),
                        client_ip=request.client.host if request.client else "unknown",
                        response=None if isinstance(request, WebSocket) else response)
+
+    async def _authenticate(self, header: str | None) -> Identity | None:
+        """A person's access token, or a partner's API key (looked up in the database on every
+        request, so that a revocation holds at once on every instance)."""
+        scheme, _, token = (header or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not apikeys.is_api_key(token.strip()):
+            return identity_from_authorization(header, self.services.settings)
+        async with self.services.sessionmaker() as session:
+            identity = await apikeys.authenticate(session, token.strip())
+            await session.commit()  # last_used_at
+        return identity
 
     async def on_ws_connect(self, context: Context) -> None:
         params = context.connection_params or {}
@@ -214,24 +228,83 @@ async def readyz(request: Request) -> Response:
                         status_code=200 if ready else 503)
 
 
+TICKET_PAGE_CSS = """
+body{font:16px/1.4 system-ui,sans-serif;margin:0 auto;max-width:40rem;padding:1rem;color:#111}
+.ticket{border:2px dashed #555;border-radius:12px;padding:1rem;margin:1rem 0;display:flex;gap:1rem;flex-wrap:wrap}
+.ticket svg{width:12rem;height:auto;flex:none}.VOID{opacity:.5}.status{font-weight:bold}
+dl{display:grid;grid-template-columns:auto 1fr;gap:.2rem .8rem;margin:0}dt{color:#555}
+@media print{body{max-width:none}.ticket{break-inside:avoid;border-color:#000}button{display:none}}
+"""
+
+
+def _qr(code: str) -> segno.QRCode:
+    return segno.make(code, error="m")
+
+
+def _money(cents: int, currency: str) -> str:
+    return f"{cents / 100:,.2f} {currency}"
+
+
+def _ticket_html(found: dict[str, Any]) -> str:
+    e = html.escape
+    starts = datetime.fromisoformat(found["startsAt"]).astimezone(ZoneInfo(found["timezone"]))
+    when = f"{starts:%a %d %b %Y, %H:%M} {starts.tzname()}"
+    cards = "".join(
+        f'<section class="ticket {e(t["status"])}">'
+        f'{_qr(t["code"]).svg_inline(scale=4, title="Ticket code")}'
+        f"<dl><dt>Seat</dt><dd>{e(t['seat'] or 'General admission')}</dd>"
+        f"<dt>Price</dt><dd>{e(_money(t['priceCents'], found['currency']))}</dd>"
+        f'<dt>Status</dt><dd class="status">{e(t["status"].replace("_", " ").lower())}</dd></dl>'
+        f"<details><summary>Code</summary><code style=\"word-break:break-all\">{e(t['code'])}</code></details>"
+        "</section>" for t in found["tickets"])
+    return (f'<!doctype html><html lang="en"><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f"<title>Ticket {e(found['reference'])}</title><style>{TICKET_PAGE_CSS}</style>"
+            f"<h1>{e(found['event'])}</h1>"
+            f"<p><strong>{e(when)}</strong> ({e(found['timezone'])})<br>{e(found['venue'] or '')}"
+            f"<br>{e(found['address'] or '')}</p>"
+            f"<p>Holder: <strong>{e(found['holder'] or '')}</strong><br>Booking {e(found['reference'])}</p>"
+            f"{cards}<button onclick=\"print()\">Print</button></html>")
+
+
 async def ticket(request: Request) -> Response:
+    """A booking's or one ticket's page: QR codes of the signed codes, print-ready; JSON on
+    `Accept: application/json`."""
     services: AppServices = request.app.state.services
+    wants_json = "application/json" in request.headers.get("accept", "")
     async with services.sessionmaker() as session:
         found = await bookings.find_tickets(session, request.path_params["code"])
     if found is None:
-        return JSONResponse({"error": "No valid ticket with this code"}, status_code=404) \
-            if "application/json" in request.headers.get("accept", "") \
+        return JSONResponse({"error": "No valid ticket with this code"}, status_code=404) if wants_json \
             else HTMLResponse("<h1>No valid ticket with this code</h1>", status_code=404)
-    if "application/json" in request.headers.get("accept", ""):
-        return JSONResponse(found)
-    rows = "".join(
-        f"<li><code>{html.escape(t['code'])}</code> {html.escape(t['seat'] or 'General admission')}"
-        f" ({html.escape(t['status'])})</li>" for t in found["tickets"])
-    return HTMLResponse(
-        f"<!doctype html><title>Ticket {html.escape(found['reference'])}</title>"
-        f"<h1>{html.escape(found['event'])}</h1><p>{html.escape(found['venue'] or '')}, "
-        f"{html.escape(found['startsAt'])}</p><p>Booking {html.escape(found['reference'])}</p>"
-        f"<ul>{rows}</ul>")
+    return JSONResponse(found) if wants_json else HTMLResponse(_ticket_html(found))
+
+
+async def ticket_qr(request: Request) -> Response:
+    """A valid code's QR code as an SVG image (the buyer's page shows it)."""
+    services: AppServices = request.app.state.services
+    code = request.path_params["code"]
+    async with services.sessionmaker() as session:
+        found = await bookings.find_tickets(session, code)
+    if found is None:
+        return Response(status_code=404)
+    image = io.BytesIO()
+    _qr(code).save(image, kind="svg", scale=4, title="Ticket code")
+    return Response(image.getvalue(), media_type="image/svg+xml", headers={"Cache-Control": "private, max-age=300"})
+
+
+async def ticket_keys(request: Request) -> Response:
+    """The public keys scanners verify ticket codes with (JWKS)."""
+    services: AppServices = request.app.state.services
+    async with services.sessionmaker() as session:
+        jwks = await tickets.public_jwks(session, secret=services.settings.ticket_key_secret)
+        await session.commit()  # the first key, when this made it
+    # Short: a rotation reaches scanners within minutes; they refetch whenever online.
+    return JSONResponse(jwks, headers={"Cache-Control": "public, max-age=300"})
+
+
+async def checkin_page(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "checkin.html")
 
 
 def _drain_on_sigterm(app: Starlette, seconds: float) -> Callable[[], object]:
@@ -281,6 +354,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         sweeper = asyncio.create_task(run_sweeper(services, settings.sweep_interval_seconds), name="sweeper")
         admitter = asyncio.create_task(run_every("Admission", settings.admission_interval_seconds,
                                                  lambda: admission.tick(services)), name="admission")
+        deliverer = asyncio.create_task(run_deliverer(services), name="webhook-deliverer")
         # Everything loaded so far (modules, the schema, mappers: a quarter of the objects of a
         # worker holding 1,000 websockets) lives as long as the process. Freezing it takes it
         # out of every later full collection, whose pause is what subscribers wait through.
@@ -295,11 +369,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             metrics.worker_stopped()
             sweeper.cancel()
             admitter.cancel()
+            deliverer.cancel()
             await services.batcher.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-            with contextlib.suppress(asyncio.CancelledError):
-                await admitter
+            for job in (sweeper, admitter, deliverer):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
             await services.broker.stop()
             if isinstance(services.limiter, RedisRateLimiter):
                 await services.limiter.close()
@@ -314,6 +388,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/tickets/{code}", ticket),
+            Route("/tickets/{code}/qr.svg", ticket_qr),
+            Route("/.well-known/ticket-keys", ticket_keys),
+            Route("/checkin", checkin_page),
             Route("/metrics", metrics.metrics_endpoint),
             Route("/", index),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

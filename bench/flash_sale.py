@@ -34,7 +34,6 @@ import json
 import math
 import random
 import secrets
-import signal
 import sys
 import time
 from collections import Counter, defaultdict
@@ -155,12 +154,8 @@ class Bench:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     async def pg_pids(self) -> dict[str, set[int]]:
-        """PostgreSQL processes working for this benchmark: the backends connected to its
-        database and the shared background processes (WAL writer, checkpointer...)."""
         assert self.db is not None
-        rows = await self.db.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1 OR datname IS NULL",
-                                   harness.DB_NAME)
-        return {"postgresql": {row["pid"] for row in rows}}
+        return await harness.pg_pids(self.db)
 
     @contextlib.asynccontextmanager
     async def cpu(self, phase: str):  # type: ignore[no-untyped-def]
@@ -856,15 +851,39 @@ class Bench:
 
 # --- output ---------------------------------------------------------------------------------
 
-def render(report: Report, args: argparse.Namespace, elapsed: float) -> str:
+TABLE_HEADER = ("scenario", "result", "thr/s", "p50 ms", "p99 ms", "max ms", "notes")
+
+
+def row_cells(row: Row) -> tuple[str, ...]:
+    lat = row.latency
+    return (row.scenario, row.result, "-" if row.throughput is None else f"{row.throughput:.0f}",
+            fmt_ms(lat.p50) if lat else "-", fmt_ms(lat.p99) if lat else "-", fmt_ms(lat.max) if lat else "-",
+            row.notes)
+
+
+def table_lines(table: list[tuple[str, ...]]) -> list[str]:
+    """The header and rows as aligned columns, the notes last and unpadded."""
     lines = []
-    header = ("scenario", "result", "thr/s", "p50 ms", "p99 ms", "max ms", "notes")
-    table = [header]
-    for row in report.rows:
-        lat = row.latency
-        table.append((row.scenario, row.result, "-" if row.throughput is None else f"{row.throughput:.0f}",
-                      fmt_ms(lat.p50) if lat else "-", fmt_ms(lat.p99) if lat else "-",
-                      fmt_ms(lat.max) if lat else "-", row.notes))
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]) - 1)]
+    for i, row in enumerate(table):
+        lines.append("  ".join(str(c).ljust(w) if j < 2 else str(c).rjust(w)
+                               for j, (c, w) in enumerate(zip(row[:-1], widths, strict=True))) + "  " + row[-1])
+        if i == 0:
+            lines.append("-" * (sum(widths) + 2 * len(widths) + 5))
+    return lines
+
+
+def cpu_lines(cpu: list[tuple[str, dict[str, float]]]) -> list[str]:
+    cpu_names = ["app server", "postgresql", "redis", "bench client", "other", "machine"]
+    lines = ["CPU (cores busy, of 2): " + "  ".join(f"{n:>12}" for n in cpu_names) + "   wall s"]
+    for phase, used in cpu:
+        lines.append(f"  {phase:<34}" + "  ".join(f"{used.get(n, 0):12.2f}" for n in cpu_names)
+                     + f"   {used['wall']:6.1f}")
+    return lines
+
+
+def render(report: Report, args: argparse.Namespace, elapsed: float) -> str:
+    table = [TABLE_HEADER, *(row_cells(row) for row in report.rows)]
     if "ratios" in report.data:
         r = report.data["ratios"]
         table.append(("c. ratio app / SQL 1 per statement", f"{r['app_over_sql']:.2f}", "", "", "", "",
@@ -873,19 +892,7 @@ def render(report: Report, args: argparse.Namespace, elapsed: float) -> str:
                       "", "places/s over places/s"))
         table.append(("c. ratio app / framework", f"{r['app_over_framework']:.2f}", "", "", "", "",
                       "reserves/s over { __typename }/s; target >= 0.5"))
-    widths = [max(len(str(r[i])) for r in table) for i in range(len(header) - 1)]
-    for i, row in enumerate(table):
-        lines.append("  ".join(str(c).ljust(w) if j < 2 else str(c).rjust(w)
-                               for j, (c, w) in enumerate(zip(row[:-1], widths, strict=True))) + "  " + row[-1])
-        if i == 0:
-            lines.append("-" * (sum(widths) + 2 * len(widths) + 5))
-    lines.append("")
-    cpu_names = ["app server", "postgresql", "redis", "bench client", "other", "machine"]
-    lines.append("CPU (cores busy, of 2): " + "  ".join(f"{n:>12}" for n in cpu_names) + "   wall s")
-    for phase, used in report.cpu:
-        lines.append(f"  {phase:<34}" + "  ".join(f"{used.get(n, 0):12.2f}" for n in cpu_names)
-                     + f"   {used['wall']:6.1f}")
-    lines.append("")
+    lines = [*table_lines(table), "", *cpu_lines(report.cpu), ""]
     lines.append("targets:")
     for name, met, value in report.targets:
         lines.append(f"  {'met   ' if met else 'MISSED'}  {name}: {value}")
@@ -944,23 +951,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-_SERVER: harness.Server | None = None
-
-
-def _terminate(signum: int, _frame: Any) -> None:
-    """SIGINT and SIGTERM: stop the server at once, then unwind through the `finally`s.
-    (asyncio's own SIGINT handling only cancels the main task, which a library deep in
-    a request may absorb; this does not depend on that.)"""
-    if _SERVER is not None:
-        _SERVER.stop()
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    global _SERVER
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
     started = now()
     env = harness.server_env(harness.free_port(), args.workers)
 
@@ -968,10 +960,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     log(f"creating database {harness.DB_NAME}, migrating, creating admin")
-    asyncio.run(harness.recreate_database())
-    harness.run_cli(["migrate"], env)
-    harness.run_cli(["create-admin", "--email", harness.ADMIN_EMAIL, "--password", harness.ADMIN_PASSWORD], env)
-    server = _SERVER = harness.Server(env)
+    harness.prepare(env)
+    server = harness.Server(env)
+    server.stop_on_signals()
     report: Report | None = None
     try:
         server.start()

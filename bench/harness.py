@@ -60,6 +60,8 @@ def server_env(port: int, workers: int) -> dict[str, str]:
         "LOGIN_RATE_LIMIT_PER_MINUTE": "1000000",
         "LOGIN_IP_RATE_LIMIT_PER_MINUTE": "1000000",
         "QUERY_RATE_LIMIT_PER_MINUTE": "1000000",
+        # Every benchmark client comes from 127.0.0.1: the fan-out holds thousands of sockets.
+        "WEBSOCKETS_PER_ADDRESS": "100000",
     })
     return env
 
@@ -71,6 +73,20 @@ async def recreate_database() -> None:
         await conn.execute(f"CREATE DATABASE {DB_NAME}")
     finally:
         await conn.close()
+
+
+def prepare(env: dict[str, str]) -> None:
+    """A fresh benchmark database, migrated, with the admin account."""
+    asyncio.run(recreate_database())
+    run_cli(["migrate"], env)
+    run_cli(["create-admin", "--email", ADMIN_EMAIL, "--password", ADMIN_PASSWORD], env)
+
+
+async def pg_pids(db: asyncpg.Connection) -> dict[str, set[int]]:
+    """PostgreSQL processes working for the benchmark (for CpuMeter): the backends connected
+    to its database and the shared background processes (WAL writer, checkpointer...)."""
+    rows = await db.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1 OR datname IS NULL", DB_NAME)
+    return {"postgresql": {row["pid"] for row in rows}}
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> None:
@@ -133,6 +149,17 @@ class Server:
         # Workers are in the same group; make sure none outlived the supervisor.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+    def stop_on_signals(self) -> None:
+        """SIGINT and SIGTERM: stop the server at once, then unwind through the `finally`s.
+        (asyncio's own SIGINT handling only cancels the main task, which a library deep in
+        a request may absorb; this does not depend on that.)"""
+        def terminate(signum: int, _frame: Any) -> None:
+            self.stop()
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, terminate)
+        signal.signal(signal.SIGINT, terminate)
 
     def log_lines(self) -> list[str]:
         try:

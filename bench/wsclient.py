@@ -40,9 +40,11 @@ class Subscriber(asyncio.Protocol):
     every `next` message. `snapshot` resolves with the first one."""
 
     def __init__(self, host: str, port: int, subscribe: dict[str, Any],
-                 on_next: Callable[[float, dict[str, Any]], None] | None = None) -> None:
+                 on_next: Callable[[float, dict[str, Any]], None] | None = None,
+                 init: dict[str, Any] | None = None) -> None:
         self.host, self.port = host, port
         self.subscribe = subscribe
+        self.init = init or {}  # connection_init payload: {"Authorization": "Bearer ..."} signs in
         self.on_next = on_next
         self.buffer = bytearray()
         self.upgraded = False
@@ -76,7 +78,7 @@ class Subscriber(asyncio.Protocol):
                 return
             del self.buffer[:end + 4]
             self.upgraded = True
-            self.send_json({"type": "connection_init", "payload": {}})
+            self.send_json({"type": "connection_init", "payload": self.init})
         while (parsed := self._next_frame()) is not None:
             opcode, payload = parsed
             if opcode == TEXT:
@@ -139,11 +141,11 @@ class Subscriber(asyncio.Protocol):
 
 async def subscribe(host: str, port: int, payload: dict[str, Any],
                     on_next: Callable[[float, dict[str, Any]], None] | None = None,
-                    timeout: float = 30) -> tuple[Subscriber, dict[str, Any]]:
+                    timeout: float = 30, init: dict[str, Any] | None = None) -> tuple[Subscriber, dict[str, Any]]:
     """Open a subscription; returns the subscriber and its first message (the snapshot)."""
     loop = asyncio.get_running_loop()
     _, subscriber = await asyncio.wait_for(
-        loop.create_connection(lambda: Subscriber(host, port, payload, on_next), host, port), timeout)
+        loop.create_connection(lambda: Subscriber(host, port, payload, on_next, init), host, port), timeout)
     try:
         first = await asyncio.wait_for(asyncio.shield(subscriber.snapshot), timeout)
     except BaseException:

@@ -1,5 +1,5 @@
-"""Who may do what: every root field of the schema x {anonymous, owner, other user, admin},
-checked against one table of expected outcomes.
+"""Who may do what: every root field of the schema x {anonymous, owner, other user, admin,
+a partner's API key with each scope}, checked against one table of expected outcomes.
 
 The table is checked against the schema itself, so a new query, mutation or subscription
 without a row fails here. Besides the outcome, every cell checks that a refusal changed
@@ -24,9 +24,9 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.models import Base, Booking, Payment, Role, Ticket, utcnow
+from app.models import ApiScope, Base, Booking, Payment, Role, Ticket, WebhookDelivery, utcnow
 from app.schema.schema import create_schema
-from app.services import accounts, bookings, catalogue, queue, waitlist
+from app.services import accounts, apikeys, bookings, catalogue, queue, waitlist, webhooks
 from app.services.payments import MockGateway
 from app.settings import Settings
 from app.web import create_app
@@ -36,6 +36,7 @@ from tests.servers import MESSAGE_TIMEOUT, http_client, init_connection, serve_i
 
 HOLDS = bookings.HoldTimes(reservation_seconds=300, offer_seconds=600)
 ROLES = ("anonymous", "owner", "other", "admin")
+KEY_ROLES = tuple(f"key:{scope}" for scope in ApiScope.ALL)  # a partner's key holding just that scope
 OWNER_PASSWORD = "owner password 123"
 
 # Outcomes: "ok", "null" (a query answered null), "empty" (an empty list or connection), or an
@@ -66,6 +67,10 @@ class World:
     confirmed_id: int
     entry_id: int
     secrets: list[str]  # what only the owner (and admins) may ever see
+    spare_key_id: int  # an API key for the admin to rotate and revoke
+    webhook_id: int  # owned by the WEBHOOKS_MANAGE key
+    delivery_id: int  # of that webhook
+    owner_id: int = 0
 
 
 _worlds = itertools.count(1)
@@ -92,8 +97,20 @@ async def build_world(sessionmaker: async_sessionmaker[AsyncSession], settings: 
                 starts_at=starts_at, ends_at=starts_at + timedelta(hours=3), currency="USD",
                 max_tickets_per_booking=10, capacity=capacity, price_cents=2500, seat_map=None)
             for capacity in (10, 10, 1, 1)]
+        keys = {}
+        for scope in (*ApiScope.ALL, None):
+            key, secret = await apikeys.create_key(session, name=f"partner {scope}", scopes=[scope or "CHECKIN"],
+                                                   expires_at=None, rate_limit_per_minute=None, default_rate_limit=600,
+                                                   created_by=admin.id)
+            key.last_used_at = utcnow()  # so that using it in the next minute writes nothing
+            keys[f"key:{scope}" if scope else "spare"] = (key, secret)
+        manager = keys[f"key:{ApiScope.WEBHOOKS_MANAGE}"][0]
+        hook, _ = await webhooks.create_endpoint(session, owner_id=manager.user_id, url="https://93.184.216.34/hook",
+                                                 events=[webhooks.WebhookEvent.EVENT_ON_SALE], description=None,
+                                                 allow_private=False)
         for published in (event, waitlisted, full):
             await catalogue.publish_event(session, event_id=published.id)
+        await session.flush()
 
         async def reserve(user_id: int, event_id: int, quantity: int) -> Booking:
             return await bookings.reserve(session, user_id=user_id, event_id=event_id, quantity=quantity,
@@ -119,13 +136,16 @@ async def build_world(sessionmaker: async_sessionmaker[AsyncSession], settings: 
         secrets += list((await session.scalars(select(Ticket.code).where(Ticket.booking_id == paid.id))).all())
         secrets += list((await session.scalars(
             select(Payment.transaction_id).where(Payment.booking_id == paid.id))).all())
+        delivery_id = await session.scalar(select(WebhookDelivery.id).limit(1))
         await session.commit()
     return World(
         tokens={"anonymous": None, "owner": signed_in.access_token, "other": token_for(other, settings),
-                "admin": token_for(admin, settings)},
+                "admin": token_for(admin, settings),
+                **{role: secret for role, (_, secret) in keys.items() if role != "spare"}},
         owner_email=owner.email, owner_refresh=signed_in.refresh_token, venue_id=venue.id,
         event_id=event.id, draft_id=draft.id, waitlisted_id=waitlisted.id, full_id=full.id, queued_id=queued.id,
-        pending_id=pending.id, confirmed_id=paid.id, entry_id=entry.id, secrets=secrets)
+        pending_id=pending.id, confirmed_id=paid.id, entry_id=entry.id, secrets=secrets,
+        spare_key_id=keys["spare"][0].id, webhook_id=hook.id, delivery_id=delivery_id or 0, owner_id=owner.id)
 
 
 BOOKING = "id reference status user { email } ticketUrl tickets { code url } event { id }"
@@ -248,13 +268,83 @@ CASES = [
          f"""mutation($id: ID!) {{ setWaitingRoom(eventId: $id, input: {{admitPerMinute: 100}}) {{
            event {{ id waitingRoom {{ admitPerMinute queueLength }} }} {ERRORS} }} }}""",
          lambda w, r: {"id": str(w.queued_id)}, ADMIN_ONLY),
+    # --- partners: keys are the admins' business; webhooks an admin's or a managing key's ---
+    Case("apiKeys", "apiKeys", "{ apiKeys { id prefix scopes lastUsedAt } }", no_variables, ADMIN_ONLY),
+    Case("createApiKey", "createApiKey",
+         f"""mutation {{ createApiKey(input: {{name: "P", scopes: [BOOKINGS_READ]}}) {{
+           apiKey {{ id prefix }} secret {ERRORS} }} }}""", no_variables, ADMIN_ONLY),
+    Case("rotateApiKey", "rotateApiKey",
+         f"mutation($id: ID!) {{ rotateApiKey(id: $id) {{ apiKey {{ id prefix }} secret {ERRORS} }} }}",
+         lambda w, r: {"id": str(w.spare_key_id)}, ADMIN_ONLY),
+    Case("revokeApiKey", "revokeApiKey",
+         f"mutation($id: ID!) {{ revokeApiKey(id: $id) {{ apiKey {{ id revokedAt }} {ERRORS} }} }}",
+         lambda w, r: {"id": str(w.spare_key_id)}, ADMIN_ONLY),
+    Case("webhooks", "webhooks",
+         "{ webhooks { id url events active deliveries { totalCount edges { node { id status } } } } }",
+         no_variables, ADMIN_ONLY),
+    Case("createWebhook", "createWebhook",
+         f"""mutation {{ createWebhook(input: {{url: "https://93.184.216.34/x", events: [BOOKING_CONFIRMED]}}) {{
+           webhook {{ id }} secret {ERRORS} }} }}""", no_variables, ADMIN_ONLY),
+    Case("deleteWebhook", "deleteWebhook",
+         f"mutation($id: ID!) {{ deleteWebhook(id: $id) {{ webhook {{ id }} {ERRORS} }} }}",
+         lambda w, r: {"id": str(w.webhook_id)}, ADMIN_ONLY),
+    Case("resendWebhookDelivery", "resendWebhookDelivery",
+         f"mutation($id: ID!) {{ resendWebhookDelivery(id: $id) {{ webhook {{ id }} {ERRORS} }} }}",
+         lambda w, r: {"id": str(w.delivery_id)}, ADMIN_ONLY),
+    # --- the door: staff (tests/test_checkin.py) and admins ---
+    Case("checkIn", "checkIn",
+         f"""mutation($code: String!, $id: ID!) {{ checkIn(input: {{code: $code, eventId: $id}}) {{
+           result checkedInAt gate {ERRORS} }} }}""",
+         lambda w, r: {"code": w.secrets[4], "id": str(w.event_id)}, ADMIN_ONLY),
+    Case("revokedTickets", "revokedTickets", "query($id: ID!) { revokedTickets(eventId: $id) }",
+         lambda w, r: {"id": str(w.event_id)}, (UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, EMPTY)),
+    Case("setUserRole", "setUserRole",
+         f"mutation($id: ID!) {{ setUserRole(userId: $id, role: STAFF) {{ user {{ id role }} {ERRORS} }} }}",
+         lambda w, r: {"id": str(w.owner_id)}, ADMIN_ONLY),
 ]
+
+# What a partner's key holding one scope gets, per case, in KEY_ROLES order: CATALOGUE_READ,
+# BOOKINGS_READ, BOOKINGS_WRITE, WEBHOOKS_MANAGE, CHECKIN. A key has exactly its scopes (the
+# catalogue too: without CATALOGUE_READ it reads nothing, though anonymous callers may), its
+# bookings are its own account's (so the owner's are null or not found to it), its booking
+# changes need an idempotency key (none here: INVALID_INPUT), and it is never an admin.
+INVALID_INPUT = "INVALID_INPUT"
+NO_KEY = (FORBIDDEN,) * 5
+CATALOGUE = (OK, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN)
+BOOKING_WRITE = (FORBIDDEN, FORBIDDEN, INVALID_INPUT, FORBIDDEN, FORBIDDEN)
+WEBHOOKS = (FORBIDDEN, FORBIDDEN, FORBIDDEN, OK, FORBIDDEN)
+ANY_KEY = (OK,) * 5
+KEY_CASES = {
+    "me": ANY_KEY,  # the key's own service account
+    "event on sale": CATALOGUE, "event draft": (NULL, *NO_KEY[1:]), "events": CATALOGUE, "eventSales": NO_KEY,
+    "venue": CATALOGUE,
+    "booking pending": (FORBIDDEN, NULL, FORBIDDEN, FORBIDDEN, FORBIDDEN),
+    "booking confirmed": (FORBIDDEN, NULL, FORBIDDEN, FORBIDDEN, FORBIDDEN),
+    "myBookings": (FORBIDDEN, EMPTY, FORBIDDEN, FORBIDDEN, FORBIDDEN),
+    "myWaitlist": NO_KEY,
+    "register": ANY_KEY, "login": ANY_KEY, "refreshToken": ANY_KEY, "logout": ANY_KEY,
+    "createVenue": NO_KEY, "createEvent": NO_KEY, "updateEvent": NO_KEY, "publishEvent": NO_KEY,
+    "cancelEvent": NO_KEY, "expireReservations": NO_KEY,
+    "reserveSeats": BOOKING_WRITE, "confirmBooking": BOOKING_WRITE, "cancelBooking pending": BOOKING_WRITE,
+    "cancelBooking confirmed": BOOKING_WRITE,
+    "joinWaitlist": NO_KEY, "leaveWaitlist": NO_KEY,
+    "myQueueTicket": NO_KEY, "joinQueue": NO_KEY, "leaveQueue": NO_KEY, "setWaitingRoom": NO_KEY,
+    "checkIn": (FORBIDDEN,) * 4 + (OK,), "revokedTickets": (FORBIDDEN,) * 4 + (EMPTY,),  # the door's scanners
+    "setUserRole": NO_KEY,
+    "apiKeys": NO_KEY, "createApiKey": NO_KEY, "rotateApiKey": NO_KEY, "revokeApiKey": NO_KEY,
+    "webhooks": WEBHOOKS, "createWebhook": WEBHOOKS, "deleteWebhook": WEBHOOKS, "resendWebhookDelivery": WEBHOOKS,
+}
+
+
+def expected_outcome(case: Case, role: str) -> str:
+    return case.expected[ROLES.index(role)] if role in ROLES else KEY_CASES[case.name][KEY_ROLES.index(role)]
 
 SUBSCRIPTION_CASES = {
     # field: expected per role (anonymous, owner, other, admin); "ok" means the subscription runs.
     "eventAvailability": (OK, OK, OK, OK),
     "myBookingUpdates": (UNAUTHENTICATED, OK, OK, OK),
     "queueStatus": (UNAUTHENTICATED, OK, NOT_FOUND, NOT_FOUND),  # one's own ticket only
+    "checkInCounts": (UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, OK),  # tests/test_checkin.py runs it
 }
 
 
@@ -272,6 +362,7 @@ def test_the_table_covers_every_root_field() -> None:
     assert not missing, f"root fields without a row in the authorization table: {sorted(missing)}"
     assert not covered - fields["query"] - fields["mutation"], "rows for fields the schema lacks"
     assert set(SUBSCRIPTION_CASES) == fields["subscription"]
+    assert set(KEY_CASES) == {case.name for case in CASES}, "every row needs its API key outcomes"
 
 
 def outcome_of(body: dict[str, Any], field: str) -> str:
@@ -300,12 +391,12 @@ async def database_state(engine: AsyncEngine) -> dict[str, list[tuple[Any, ...]]
     return state
 
 
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("role", ROLES + KEY_ROLES)
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 async def test_authorization_matrix(case: Case, role: str, gql: GraphQLClient, engine: AsyncEngine,
                                     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
     world = await build_world(sessionmaker, settings)
-    expected = case.expected[ROLES.index(role)]
+    expected = expected_outcome(case, role)
     before = await database_state(engine)
     response = await gql.http.post(
         "/graphql", json={"query": case.document, "variables": case.variables(world, role)},
@@ -316,7 +407,7 @@ async def test_authorization_matrix(case: Case, role: str, gql: GraphQLClient, e
     if expected != OK or case.document.lstrip().startswith(("{", "query")):
         # Refused, or a read: nothing at all changed.
         assert await database_state(engine) == before
-    if role in ("anonymous", "other"):
+    if role in ("anonymous", "other") or role in KEY_ROLES:
         leaked = [secret for secret in world.secrets if secret in response.text]
         assert not leaked, f"{role} saw the owner's {leaked}: {body}"
     if expected == OK and case.field == "booking":
@@ -415,7 +506,8 @@ async def test_ticket_codes_cannot_be_guessed_or_forged(gql: GraphQLClient, sett
     codes = [booking["ticketUrl"].rsplit("/", 1)[1]] + [t["code"] for t in booking["tickets"]]
     assert len(set(codes)) == len(codes) == 3
     alphabet = set(string.ascii_letters + string.digits + "-_")
-    assert all(len(code) == 43 and set(code) <= alphabet for code in codes)  # 256 random bits each
+    assert len(codes[0]) == 43 and set(codes[0]) <= alphabet  # the booking's: 256 random bits
+    assert all(code.count(".") == 2 and set(code) <= alphabet | {"."} for code in codes[1:])  # tickets': signed
     for code in codes:
         assert (await gql.http.get(f"/tickets/{code}")).status_code == 200
 

@@ -13,11 +13,14 @@ from app.models.bookings import (
     TicketStatus,
 )
 from app.models.catalogue import Event, EventStatus, Seat, SeatStatus, Venue
+from app.models.checkin import CheckInScan, TicketKey, TicketKeyStatus
+from app.models.partners import ApiKey, ApiScope, DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from app.models.queue import QueueStatus, QueueTicket, WaitingRoom
 from app.models.waitlist import WaitlistEntry, WaitlistStatus
 
 __all__ = [
-    "Base", "Booking", "BookingStatus", "Event", "EventStatus", "IdempotencyKey", "Payment",
-    "PaymentKind", "PaymentStatus", "QueueStatus", "QueueTicket", "RefreshToken", "Role", "Seat",
-    "SeatStatus", "Ticket", "TicketStatus", "User", "Venue", "WaitingRoom", "WaitlistEntry", "WaitlistStatus", "utcnow",
+    "ApiKey", "ApiScope", "Base", "Booking", "BookingStatus", "CheckInScan", "DeliveryStatus", "Event", "EventStatus",
+    "IdempotencyKey", "Payment", "PaymentKind", "PaymentStatus", "QueueStatus", "QueueTicket", "RefreshToken",
+    "Role", "Seat", "SeatStatus", "Ticket", "TicketKey", "TicketKeyStatus", "TicketStatus", "User", "Venue",
+    "WaitingRoom", "WaitlistEntry", "WaitlistStatus", "WebhookDelivery", "WebhookEndpoint", "utcnow",
 ]

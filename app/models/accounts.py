@@ -11,6 +11,7 @@ from app.models.base import Base, BigId, UTCDateTime, utcnow
 class Role:
     USER = "USER"
     ADMIN = "ADMIN"
+    STAFF = "STAFF"  # the door: check-in and revoked tickets, nothing else of an admin's
 
 
 class User(Base):

@@ -29,6 +29,7 @@ class PaymentStatus:
 class TicketStatus:
     VALID = "VALID"
     VOID = "VOID"
+    CHECKED_IN = "CHECKED_IN"
 
 
 class Booking(Base):
@@ -61,6 +62,7 @@ class Booking(Base):
     # Held for a waitlist entry: its outcome moves the entry on (only then is it looked up).
     waitlist_offer: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     version: Mapped[int] = mapped_column(Integer, default=1)
+    external_reference: Mapped[str | None] = mapped_column(String(200))  # a partner's own order id
 
 
 class Payment(Base):
@@ -81,15 +83,21 @@ class Payment(Base):
 
 
 class Ticket(Base):
-    """One admission. `code` is 256 random bits looked up here: unguessable and revocable."""
+    """One admission. `code` is a JWS signed by a ticket key (app/services/tickets.py): a
+    scanner verifies it offline; the row says whether it is still valid or already used."""
 
     __tablename__ = "tickets"
+    __table_args__ = (Index("ix_tickets_voided_at", "voided_at"),)  # revokedTickets(since)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
-    code: Mapped[str] = mapped_column(String(43), unique=True)
+    code: Mapped[str] = mapped_column(String(512), unique=True)
     seat_id: Mapped[int | None] = mapped_column(ForeignKey("seats.id"))
     status: Mapped[str] = mapped_column(String(16), default=TicketStatus.VALID)
+    # The first scan (earliest scannedAt): set from NULL by exactly one scan (app/services/checkin.py).
+    checked_in_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    checked_in_gate: Mapped[str | None] = mapped_column(String(100))
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class IdempotencyKey(Base):

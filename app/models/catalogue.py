@@ -32,6 +32,8 @@ class Venue(Base):
     city: Mapped[str] = mapped_column(String(100), index=True)
     country: Mapped[str] = mapped_column(String(100))
     capacity: Mapped[int] = mapped_column(Integer)
+    # IANA name: tickets show the event's time as the venue's clocks do.
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

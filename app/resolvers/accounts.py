@@ -5,8 +5,9 @@ from __future__ import annotations
 import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.errors import parse_id
 from app.resolvers.base import run_mutation
-from app.schema.accounts import AuthPayload, LoginInput, LogoutPayload, RegisterInput, User
+from app.schema.accounts import AuthPayload, LoginInput, LogoutPayload, RegisterInput, Role, User, UserPayload
 from app.services import accounts
 
 
@@ -69,3 +70,11 @@ class AccountMutation:
             await accounts.logout(session, refresh_token=refresh_token)
             return LogoutPayload(ok=True)
         return await run_mutation(info, LogoutPayload, work)
+
+    @strawberry.mutation(description="Admin only: give a registered user a role (STAFF for the door).")
+    async def set_user_role(self, info: strawberry.Info, user_id: strawberry.ID, role: Role) -> UserPayload:
+        async def work(session: AsyncSession) -> UserPayload:
+            info.context.require_admin()
+            return UserPayload(user=User.from_model(await accounts.set_user_role(
+                session, user_id=parse_id(user_id, "userId"), role=role.value)))
+        return await run_mutation(info, UserPayload, work)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import id_or_none, parse_id
+from app.errors import id_or_none, invalid_input, parse_id
+from app.models import ApiScope
 from app.resolvers.base import run_mutation
 from app.schema.bookings import (
     Booking,
@@ -21,12 +22,34 @@ from app.schema.bookings import (
 )
 from app.schema.common import Connection
 from app.services import bookings
+from app.services.accounts import Identity
+
+MAX_EXTERNAL_REFERENCE_LENGTH = 200
+
+
+def _partner_write(info: strawberry.Info, idempotency_key: str | None) -> Identity:
+    """A person, or a key with BOOKINGS_WRITE and an idempotency key: a partner's server
+    retries on its own, and must never buy twice for one order."""
+    identity: Identity = info.context.require_scope(ApiScope.BOOKINGS_WRITE)
+    if identity.key is not None and idempotency_key is None:
+        raise invalid_input("idempotencyKey", "API keys must send an idempotencyKey with every booking change")
+    return identity
+
+
+def _external_reference(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.strip() or len(value) > MAX_EXTERNAL_REFERENCE_LENGTH:
+        raise invalid_input("externalReference",
+                            f"externalReference must be 1 to {MAX_EXTERNAL_REFERENCE_LENGTH} characters")
+    return value
 
 
 @strawberry.type
 class BookingQuery:
     @strawberry.field(description="Its owner or an admin sees it; anyone else gets null.")
     async def booking(self, info: strawberry.Info, id: strawberry.ID) -> Booking | None:
+        info.context.check_scope(ApiScope.BOOKINGS_READ)
         booking_id = id_or_none(id)
         if booking_id is None or info.context.identity is None:
             return None
@@ -38,6 +61,7 @@ class BookingQuery:
     @strawberry.field(description="The signed-in user's bookings, newest first.")
     async def my_bookings(self, info: strawberry.Info, status: BookingStatus | None = None,
                           first: int = 20, after: str | None = None) -> Connection[Booking]:
+        info.context.check_scope(ApiScope.BOOKINGS_READ)
         identity = info.context.identity
         if identity is None:
             return Connection.of([], total_count=0, has_next_page=False)
@@ -54,12 +78,14 @@ class BookingMutation:
     @strawberry.mutation(description="Hold places: a PENDING booking that lapses at expiresAt.")
     async def reserve_seats(self, info: strawberry.Info, input: ReserveInput) -> ReservePayload:
         async def work(session: AsyncSession) -> ReservePayload:
-            identity = info.context.require_user()
+            identity = _partner_write(info, input.idempotency_key)
             event_id = parse_id(input.event_id, "eventId")
+            external_reference = _external_reference(input.external_reference)
             booking = None
             if input.seat_ids is None:  # general admission goes with whoever else buys the event now
                 booking = await info.context.services.batcher.reserve(event_id, bookings.HoldRequest(
-                    identity.user_id, input.quantity, input.idempotency_key, input.expected_version))
+                    identity.user_id, input.quantity, input.idempotency_key, input.expected_version,
+                    external_reference))
             if booking is None:
                 seat_ids = None
                 if input.seat_ids is not None:
@@ -67,7 +93,8 @@ class BookingMutation:
                 booking = await bookings.reserve(
                     session, user_id=identity.user_id, event_id=event_id, quantity=input.quantity,
                     seat_ids=seat_ids, idempotency_key=input.idempotency_key,
-                    expected_version=input.expected_version, holds=info.context.services.hold_times)
+                    expected_version=input.expected_version, holds=info.context.services.hold_times,
+                    external_reference=external_reference)
             return ReservePayload(booking=Booking.from_model(booking))
         identity = info.context.identity
         limits = [(f"reserve:{identity.user_id}", info.context.settings.reserve_rate_limit_per_minute)] \
@@ -78,10 +105,11 @@ class BookingMutation:
     async def confirm_booking(self, info: strawberry.Info, input: ConfirmInput) -> ConfirmPayload:
         async def work(session: AsyncSession) -> ConfirmPayload:
             booking, payment = await bookings.confirm(
-                session, caller=info.context.require_user(),
+                session, caller=_partner_write(info, input.idempotency_key),
                 booking_id=parse_id(input.booking_id, "bookingId"),
                 payment_token=input.payment_token, payment_method=input.payment_method or "card",
-                idempotency_key=input.idempotency_key, gateway=info.context.services.gateway)
+                idempotency_key=input.idempotency_key, gateway=info.context.services.gateway,
+                ticket_key_secret=info.context.settings.ticket_key_secret)
             return ConfirmPayload(booking=Booking.from_model(booking), payment=Payment.from_model(payment))
         return await run_mutation(info, ConfirmPayload, work)
 
@@ -89,7 +117,7 @@ class BookingMutation:
     async def cancel_booking(self, info: strawberry.Info, input: CancelInput) -> CancelPayload:
         async def work(session: AsyncSession) -> CancelPayload:
             booking, refund = await bookings.cancel(
-                session, caller=info.context.require_user(),
+                session, caller=_partner_write(info, input.idempotency_key),
                 booking_id=parse_id(input.booking_id, "bookingId"),
                 idempotency_key=input.idempotency_key, gateway=info.context.services.gateway,
                 holds=info.context.services.hold_times)

@@ -6,6 +6,7 @@ import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import id_or_none, parse_id
+from app.models import ApiScope
 from app.resolvers.base import run_mutation
 from app.schema.catalogue import (
     Event,
@@ -26,6 +27,7 @@ from app.services import bookings, catalogue, queue, reports
 class CatalogueQuery:
     @strawberry.field
     async def event(self, info: strawberry.Info, id: strawberry.ID) -> Event | None:
+        info.context.check_scope(ApiScope.CATALOGUE_READ)
         event_id = id_or_none(id)
         if event_id is None:
             return None
@@ -38,6 +40,7 @@ class CatalogueQuery:
     @strawberry.field(description="Events by start time. Drafts are listed to admins only.")
     async def events(self, info: strawberry.Info, filter: EventFilter | None = None,
                      first: int = 20, after: str | None = None) -> Connection[Event]:
+        info.context.check_scope(ApiScope.CATALOGUE_READ)
         flt = filter or EventFilter()
         identity = info.context.identity
         async with info.context.read_session() as session:
@@ -59,10 +62,11 @@ class CatalogueQuery:
             places_held=sales.places_held, places_free=sales.places_free, revenue=sales.revenue_cents,
             currency=sales.currency, holds_created=sales.holds_created, holds_confirmed=sales.holds_confirmed,
             conversion_rate=sales.conversion_rate, cancellations=sales.cancellations,
-            expired_holds=sales.expired_holds, waitlist_length=sales.waitlist_length)
+            expired_holds=sales.expired_holds, waitlist_length=sales.waitlist_length, checked_in=sales.checked_in)
 
     @strawberry.field
     async def venue(self, info: strawberry.Info, id: strawberry.ID) -> Venue | None:
+        info.context.check_scope(ApiScope.CATALOGUE_READ)
         venue_id = id_or_none(id)
         if venue_id is None:
             return None
@@ -78,7 +82,7 @@ class CatalogueMutation:
             info.context.require_admin()
             venue = await catalogue.create_venue(
                 session, name=input.name, address=input.address, city=input.city,
-                country=input.country, capacity=input.capacity)
+                country=input.country, capacity=input.capacity, timezone=input.timezone)
             return VenuePayload(venue=Venue.from_model(venue))
         return await run_mutation(info, VenuePayload, work)
 

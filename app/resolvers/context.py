@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from strawberry.dataloader import DataLoader
 
 from app.errors import DomainError, ErrorCode
-from app.models import Booking, Event, Seat, Ticket, User, Venue, utcnow
+from app.models import ApiScope, Booking, Event, Seat, Ticket, User, Venue, utcnow
 from app.pubsub import Broker
 from app.services import bookings, inventory
 from app.services.accounts import Identity
@@ -121,6 +121,34 @@ class Context:
         return self.services.sessionmaker()
 
     def require_user(self) -> Identity:
+        """A signed-in person. API keys are refused here: a key may only do what an operation
+        grants a scope for (`require_scope`), so a new operation is closed to keys by default."""
+        identity = self._require_identity()
+        if identity.key is not None:
+            raise DomainError(ErrorCode.FORBIDDEN, "API keys cannot do this")
+        return identity
+
+    def require_scope(self, scope: str) -> Identity:
+        """A signed-in person, or an API key holding `scope`."""
+        identity = self._require_identity()
+        self.check_scope(scope)
+        return identity
+
+    def require_admin_or_scope(self, scope: str) -> Identity:
+        """An administrator, or an API key holding `scope` (acting on its own things only)."""
+        identity = self._require_identity()
+        if identity.key is None:
+            return self.require_admin()
+        self.check_scope(scope)
+        return identity
+
+    def check_scope(self, scope: str) -> None:
+        """For what anyone may do: an API key must still hold `scope` for it (a key has exactly
+        its scopes; a partner wanting less can always call without one)."""
+        if self.identity is not None and self.identity.key is not None and scope not in self.identity.key.scopes:
+            raise DomainError(ErrorCode.FORBIDDEN, f"This API key lacks the {scope} scope")
+
+    def _require_identity(self) -> Identity:
         if self.identity is None:
             raise DomainError(ErrorCode.UNAUTHENTICATED, "Sign in first")
         # An HTTP request decodes its token each time; a websocket only at connection_init,
@@ -139,4 +167,15 @@ class Context:
         identity = self.require_user()
         if not identity.is_admin:
             raise DomainError(ErrorCode.FORBIDDEN, "Only administrators can do this")
+        return identity
+
+    def require_checkin(self) -> Identity:
+        """The door's permission: check-in and revoked tickets (STAFF, ADMIN, or an API key
+        with the CHECKIN scope, for a venue's own scanners)."""
+        identity = self._require_identity()
+        if identity.key is not None:
+            self.check_scope(ApiScope.CHECKIN)
+            return identity
+        if not identity.can_check_in:
+            raise DomainError(ErrorCode.FORBIDDEN, "Only door staff and administrators can do this")
         return identity

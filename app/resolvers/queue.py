@@ -30,7 +30,8 @@ class QueueQuery:
         parsed = id_or_none(event_id)
         if info.context.identity is None or parsed is None:
             return None
-        return await _current(info, info.context.identity.user_id, parsed)
+        identity = info.context.require_user()  # no API key scope covers the waiting room
+        return await _current(info, identity.user_id, parsed)
 
 
 @strawberry.type

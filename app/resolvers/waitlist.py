@@ -17,8 +17,9 @@ class WaitlistQuery:
     async def my_waitlist(self, info: strawberry.Info) -> list[WaitlistEntry]:
         if info.context.identity is None:
             return []
+        identity = info.context.require_user()  # no API key scope covers the waitlist
         async with info.context.read_session() as session:
-            entries = await waitlist.entries_of(session, user_id=info.context.identity.user_id)
+            entries = await waitlist.entries_of(session, user_id=identity.user_id)
             positions = await waitlist.positions(session, entries)
         return [WaitlistEntry.from_model(entry, positions.get(entry.id)) for entry in entries]
 

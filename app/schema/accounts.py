@@ -14,6 +14,7 @@ from app.schema.common import UserError
 class Role(StrEnum):
     USER = "USER"
     ADMIN = "ADMIN"
+    STAFF = "STAFF"
 
 
 @strawberry.type
@@ -52,4 +53,10 @@ class AuthPayload:
 @strawberry.type
 class LogoutPayload:
     ok: bool = False
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class UserPayload:
+    user: User | None = None
     errors: list[UserError] = strawberry.field(default_factory=list)

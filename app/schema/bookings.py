@@ -32,6 +32,7 @@ class PaymentStatus(StrEnum):
 class TicketStatus(StrEnum):
     VALID = "VALID"
     VOID = "VOID"
+    CHECKED_IN = "CHECKED_IN"
 
 
 def ticket_url(info: strawberry.Info, code: str) -> str:
@@ -42,8 +43,14 @@ def ticket_url(info: strawberry.Info, code: str) -> str:
 class Ticket:
     id: strawberry.ID
     code: str = strawberry.field(description="Secret admission code; GET /tickets/{code} verifies it")
-    status: TicketStatus
+    status: TicketStatus = strawberry.field(description="VOID: cancelled or refunded")
+    checked_in_at: datetime | None = strawberry.field(description="The first scan at the door")
     model: strawberry.Private[models.Ticket]
+
+    @classmethod
+    def from_model(cls, ticket: models.Ticket) -> Ticket:
+        return cls(id=strawberry.ID(str(ticket.id)), code=ticket.code, status=TicketStatus(ticket.status),
+                   checked_in_at=ticket.checked_in_at, model=ticket)
 
     @strawberry.field
     def url(self, info: strawberry.Info) -> str:
@@ -83,6 +90,7 @@ class Booking:
     confirmed_at: datetime | None
     cancelled_at: datetime | None
     version: int
+    external_reference: str | None
     model: strawberry.Private[models.Booking]
 
     @classmethod
@@ -91,7 +99,7 @@ class Booking:
                    quantity=booking.quantity, total_cents=booking.total_cents,
                    currency=booking.currency, created_at=booking.created_at,
                    confirmed_at=booking.confirmed_at, cancelled_at=booking.cancelled_at,
-                   version=booking.version, model=booking)
+                   version=booking.version, external_reference=booking.external_reference, model=booking)
 
     @property
     def _lapsed(self) -> bool:
@@ -132,8 +140,7 @@ class Booking:
     async def tickets(self, info: strawberry.Info) -> list[Ticket]:
         if self.model.confirmed_at is None:
             return []
-        return [Ticket(id=strawberry.ID(str(t.id)), code=t.code, status=TicketStatus(t.status), model=t)
-                for t in await info.context.loaders.tickets.load(self.model.id)]
+        return [Ticket.from_model(t) for t in await info.context.loaders.tickets.load(self.model.id)]
 
 
 @strawberry.input
@@ -143,6 +150,8 @@ class ReserveInput:
     seat_ids: list[strawberry.ID] | None = None
     idempotency_key: str | None = None
     expected_version: int | None = None
+    external_reference: str | None = strawberry.field(
+        default=None, description="The partner's own order id, kept on the booking (at most 200 characters)")
 
 
 @strawberry.input

@@ -41,11 +41,12 @@ class Venue:
     city: str
     country: str
     capacity: int
+    timezone: str = strawberry.field(description="IANA name; tickets show the event's time in it")
 
     @classmethod
     def from_model(cls, venue: models.Venue) -> Venue:
         return cls(id=strawberry.ID(str(venue.id)), name=venue.name, address=venue.address,
-                   city=venue.city, country=venue.country, capacity=venue.capacity)
+                   city=venue.city, country=venue.country, capacity=venue.capacity, timezone=venue.timezone)
 
 
 @strawberry.type
@@ -173,6 +174,7 @@ class VenueInput:
     city: str
     country: str
     capacity: int
+    timezone: str = strawberry.field(default="UTC", description="IANA name, e.g. Europe/Lisbon")
 
 
 @strawberry.input
@@ -255,6 +257,7 @@ class EventSales:
     cancellations: int
     expired_holds: int
     waitlist_length: int = strawberry.field(description="Entries still WAITING")
+    checked_in: int = strawberry.field(description="Tickets scanned in at the door")
 
     @strawberry.field(deprecation_reason="GraphQL Int is 32-bit: use revenue, which always fits")
     def revenue_cents(self) -> int:

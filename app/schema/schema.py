@@ -41,6 +41,8 @@ from app.errors import DomainError, ErrorCode
 from app.resolvers.accounts import AccountMutation, AccountQuery
 from app.resolvers.bookings import BookingMutation, BookingQuery
 from app.resolvers.catalogue import CatalogueMutation, CatalogueQuery
+from app.resolvers.checkin import CheckInMutation, CheckInQuery, CheckInSubscription
+from app.resolvers.partners import PartnerMutation, PartnerQuery
 from app.resolvers.queue import QueueMutation, QueueQuery, QueueSubscription
 from app.resolvers.realtime import RealtimeSubscription
 from app.resolvers.waitlist import WaitlistMutation, WaitlistQuery
@@ -54,10 +56,11 @@ MAX_TOKENS = 5000  # refuses absurd documents before they are even validated
 # milliseconds per request. Bounded, so unique junk documents cannot grow memory.
 DOCUMENT_CACHE_SIZE = 512
 
-Query = merge_types("Query", (AccountQuery, CatalogueQuery, BookingQuery, WaitlistQuery, QueueQuery))
+Query = merge_types("Query", (AccountQuery, CatalogueQuery, BookingQuery, WaitlistQuery, QueueQuery, PartnerQuery,
+                                CheckInQuery))
 Mutation = merge_types("Mutation", (AccountMutation, CatalogueMutation, BookingMutation, WaitlistMutation,
-                                    QueueMutation))
-Subscription = merge_types("Subscription", (RealtimeSubscription, QueueSubscription))
+                                    QueueMutation, PartnerMutation, CheckInMutation))
+Subscription = merge_types("Subscription", (RealtimeSubscription, QueueSubscription, CheckInSubscription))
 
 
 class CachedParsing(ParserCache):
@@ -188,7 +191,8 @@ class ErrorMasking(MaskErrors):
 
 class QueryRateLimit(SchemaExtension):
     """Queries per caller per minute (mutations have their own limit in run_mutation): reads
-    are free to anyone, so without this one address can keep a worker busy. Over the limit
+    are free to anyone, so without this one address can keep a worker busy. A partner's API
+    key also has its own limit, on every operation. Over the limit
     the answer is RATE_LIMITED with retryAfterSeconds, and HTTP 429 with Retry-After."""
 
     def __init__(self, *, per_minute: int) -> None:
@@ -196,10 +200,16 @@ class QueryRateLimit(SchemaExtension):
 
     async def on_validate(self) -> AsyncIterator[None]:
         context = self.execution_context
-        if context.operation_type == OperationType.QUERY:
-            caller = context.context
+        caller = context.context
+        limits = [(f"query:{caller.caller_key}", self.per_minute)] if context.operation_type == OperationType.QUERY \
+            else []
+        key = caller.identity.key if caller.identity is not None else None
+        if key is not None:  # a partner's key: every operation counts against the key's own limit
+            metrics.API_KEY_REQUESTS.labels(key.prefix).inc()
+            limits.append((f"apikey:{key.prefix}", key.rate_limit_per_minute))
+        if limits:
             try:
-                await enforce(caller.services.limiter, [(f"query:{caller.caller_key}", self.per_minute)])
+                await enforce(caller.services.limiter, limits)
             except DomainError as error:
                 context.pre_execution_errors = [GraphQLError(error.message, extensions={
                     "code": error.code.value, "retryAfterSeconds": error.retry_after_seconds})]

@@ -36,19 +36,34 @@ MAX_PASSWORD_LENGTH = 256  # argon2 pre-hashes the whole password: its cost grow
 MAX_NAME_LENGTH = 200
 MAX_REFRESH_TOKEN_LENGTH = 128  # ours are 43 characters: a longer one is none of ours
 BAD_CREDENTIALS = "Email or password is incorrect"
+ROLES = (Role.USER, Role.ADMIN, Role.STAFF)
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What a partner's API key allows (app/services/apikeys.py): its scopes and its own rate."""
+
+    prefix: str
+    scopes: frozenset[str]
+    rate_limit_per_minute: int
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is calling, as proven by an access token."""
+    """Who is calling, as proven by an access token or an API key (`key` set)."""
 
     user_id: int
     role: str
     expires_at: datetime | None = None  # the token's; a websocket outlives it (see Context)
+    key: KeyGrant | None = None
 
     @property
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN
+
+    @property
+    def can_check_in(self) -> bool:
+        return self.role in (Role.ADMIN, Role.STAFF)
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -142,7 +157,7 @@ def _verify_access_token(token: str, settings: Settings) -> Identity:
             algorithms=[settings.jwt_algorithm],  # pinned: "none" and key confusion refused
             options={"require": ["exp", "sub", "typ"]},
         )
-        if claims["typ"] != "access" or claims.get("role") not in (Role.USER, Role.ADMIN):
+        if claims["typ"] != "access" or claims.get("role") not in ROLES:
             raise jwt.InvalidTokenError("not an access token")
         return Identity(user_id=int(claims["sub"]), role=claims["role"],
                         expires_at=datetime.fromtimestamp(claims["exp"], UTC))
@@ -265,3 +280,16 @@ async def logout(session: AsyncSession, *, refresh_token: str) -> None:
     )
     if stored is not None:
         await _revoke_family(session, stored.family_id)
+
+
+async def set_user_role(session: AsyncSession, *, user_id: int, role: str) -> User:
+    """Make a registered user STAFF (or USER, or ADMIN). Access tokens already issued keep the
+    role they were issued with until they expire; the next refresh carries the new one."""
+    if role not in ROLES:
+        raise invalid_input("role", f"role must be one of {', '.join(ROLES)}")
+    user = await session.get(User, user_id, with_for_update=True)
+    if user is None:
+        raise DomainError(ErrorCode.NOT_FOUND, "User not found", field="userId")
+    user.role = role
+    await session.flush()
+    return user

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -38,20 +39,24 @@ from app.models import (
     SeatStatus,
     Ticket,
     TicketStatus,
+    User,
     Venue,
     WaitlistEntry,
     WaitlistStatus,
     utcnow,
 )
-from app.services import inventory, outbox, queue
+from app.services import inventory, outbox, queue, webhooks
 from app.services.accounts import Identity
 from app.services.holds import over_cap, write_holds
 from app.services.payments import PaymentDeclined, PaymentGateway
+from app.services.tickets import sign as sign_ticket
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 MAX_SEATS_PER_REQUEST = 100
 EXPIRY_BATCH = 500
-TICKET_CODE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # secrets.token_urlsafe's alphabet
+# Random codes (secrets.token_urlsafe: bookings, and tickets issued before codes were signed)
+# or signed ones (three base64url parts, app/services/tickets.py).
+TICKET_CODE = re.compile(r"[A-Za-z0-9_-]{1,64}|(?=.{1,512}$)[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -62,9 +67,18 @@ class HoldTimes:
     offer_seconds: int
 
 
-def record_booking_update(session: AsyncSession, booking: Booking, reason: str) -> None:
+# What partners hear of each booking change (app/services/webhooks.py).
+WEBHOOK_EVENTS = {BookingStatus.CONFIRMED: webhooks.WebhookEvent.BOOKING_CONFIRMED,
+                  BookingStatus.CANCELLED: webhooks.WebhookEvent.BOOKING_CANCELLED,
+                  BookingStatus.EXPIRED: webhooks.WebhookEvent.BOOKING_EXPIRED,
+                  WaitlistStatus.OFFERED: webhooks.WebhookEvent.WAITLIST_OFFERED}
+
+
+async def record_booking_update(session: AsyncSession, booking: Booking, reason: str) -> None:
+    """Tell the owner's subscriptions (after commit) and its webhooks (in this transaction)."""
     outbox.record(session, outbox.bookings_channel(booking.user_id),
                   {"bookingId": booking.id, "reason": reason})
+    await webhooks.enqueue(session, WEBHOOK_EVENTS[reason], webhooks.booking_data(booking), owner_id=booking.user_id)
 
 
 # --- idempotency --------------------------------------------------------------------------
@@ -129,6 +143,7 @@ class HoldRequest:
     quantity: int | None
     idempotency_key: str | None = None
     expected_version: int | None = None
+    external_reference: str | None = None
 
 
 def _check_request(event: Event, quantity: int | None, seat_ids: list[int] | None) -> int:
@@ -253,7 +268,8 @@ async def reserve_general(
         assert taken is not None
         state = taken
         holders = [(requests[i].user_id, requests[i].quantity or 0) for i in granted]
-        over = await over_cap(session, event_id=event_id, holders=holders, cap=taken.max_tickets_per_user, now=now)
+        over = await over_cap(session, event_id=event_id, holders=holders, cap=taken.max_tickets_per_user,
+                              capacity=taken.capacity, now=now)
         if any(over):
             for i, is_over in zip(granted, over, strict=True):
                 if is_over:
@@ -264,7 +280,8 @@ async def reserve_general(
         written = await write_holds(
             session, event_id=event_id, price_cents=taken.price_cents, currency=taken.currency,
             holders=[(requests[i].user_id, requests[i].quantity or 0) for i in granted],
-            expires_at=now + timedelta(seconds=holds.reservation_seconds), now=now)
+            expires_at=now + timedelta(seconds=holds.reservation_seconds), now=now,
+            external_references=[requests[i].external_reference for i in granted])
         for i, booking in zip(granted, written, strict=True):
             results[i] = booking
             await _remember(session, claims[i], booking.id)
@@ -355,6 +372,7 @@ async def reserve(
     expected_version: int | None,
     holds: HoldTimes,
     now: datetime | None = None,
+    external_reference: str | None = None,
 ) -> Booking:
     """Hold places for `user_id`: all of them or none, as one PENDING booking."""
     now = now or utcnow()
@@ -362,7 +380,7 @@ async def reserve(
         raise invalid_input("seatIds", f"At most {MAX_SEATS_PER_REQUEST} seats per request")
     if seat_ids is None:
         answers = await reserve_general(session, event_id=event_id, holds=holds, now=now, requests=[
-            HoldRequest(user_id, quantity, idempotency_key, expected_version)])
+            HoldRequest(user_id, quantity, idempotency_key, expected_version, external_reference)])
         if answers is not None:
             [answer] = answers
             if isinstance(answer, DomainError):
@@ -373,12 +391,13 @@ async def reserve(
             return answer
     return await _reserve_seats(session, user_id=user_id, event_id=event_id, quantity=quantity, seat_ids=seat_ids,
                                 idempotency_key=idempotency_key, expected_version=expected_version, holds=holds,
-                                now=now)
+                                now=now, external_reference=external_reference)
 
 
 async def _reserve_seats(
     session: AsyncSession, *, user_id: int, event_id: int, quantity: int | None, seat_ids: list[int] | None,
     idempotency_key: str | None, expected_version: int | None, holds: HoldTimes, now: datetime,
+    external_reference: str | None = None,
 ) -> Booking:
     """Reserved seating: these seats, or the best free ones. The event row is taken first (see
     `holds`), then the booking written, then its seats held; seats that turn out to be gone
@@ -417,7 +436,7 @@ async def _reserve_seats(
         raise DomainError(ErrorCode.VERSION_CONFLICT, "Availability changed since you looked",
                           current_version=state.version - 1)
     if (await over_cap(session, event_id=event.id, holders=[(user_id, quantity)], cap=state.max_tickets_per_user,
-                       now=now))[0]:
+                       capacity=state.capacity, now=now))[0]:
         refusal = _over_cap(state.max_tickets_per_user)
         if cleared_lapsed:
             returned = await inventory.return_places(session, event_id=event.id, quantity=quantity)
@@ -426,7 +445,7 @@ async def _reserve_seats(
             refusal.keep_changes = True
         raise refusal
     [booking] = await write_holds(session, event_id=event.id, price_cents=0, currency=event.currency,
-                                   holders=[(user_id, quantity)], now=now,
+                                   holders=[(user_id, quantity)], now=now, external_references=[external_reference],
                                    expires_at=now + timedelta(seconds=holds.reservation_seconds))
     seats = await _hold_seats(session, booking, seat_ids)
     if len(seats) < quantity and not cleared_lapsed:
@@ -504,9 +523,11 @@ async def confirm(
     payment_method: str,
     idempotency_key: str | None,
     gateway: PaymentGateway,
+    ticket_key_secret: str = "",
     now: datetime | None = None,
 ) -> tuple[Booking, Payment]:
-    """Pay for a hold and turn it into tickets. A declined payment leaves the hold as it is."""
+    """Pay for a hold and turn it into tickets, each with a signed code (`ticket_key_secret`:
+    the deployment's TICKET_KEY_SECRET). A declined payment leaves the hold as it is."""
     now = now or utcnow()
     if not payment_token.strip() or len(payment_token) > 200:
         raise invalid_input("paymentToken", "paymentToken is required (at most 200 characters)")
@@ -543,8 +564,14 @@ async def confirm(
     booking.ticket_code = secrets.token_urlsafe(32)
     booking.version += 1
     seat_ids: list[int | None] = list(booking.seat_ids) if booking.seat_ids else [None] * booking.quantity
-    session.add_all(Ticket(booking_id=booking.id, code=secrets.token_urlsafe(32), seat_id=seat_id,
-                           status=TicketStatus.VALID) for seat_id in seat_ids)
+    # A code signs the ticket's id, known only once the row is written: a random stand-in first.
+    tickets = [Ticket(booking_id=booking.id, code=secrets.token_urlsafe(32), seat_id=seat_id,
+                      status=TicketStatus.VALID) for seat_id in seat_ids]
+    session.add_all(tickets)
+    await session.flush()
+    for ticket in tickets:
+        ticket.code = await sign_ticket(session, ticket_id=ticket.id, event_id=booking.event_id,
+                                        secret=ticket_key_secret)
     if booking.seat_ids:
         changed = await inventory.set_seats_status(session, booking_id=booking.id, status=SeatStatus.BOOKED)
         inventory.record_availability(session, await inventory.bump_version(session, event_id=booking.event_id),
@@ -552,7 +579,7 @@ async def confirm(
     await _close_offer(session, booking, WaitlistStatus.CONVERTED)
     await _remember(session, claim, booking.id)
     await session.flush()
-    record_booking_update(session, booking, BookingStatus.CONFIRMED)
+    await record_booking_update(session, booking, BookingStatus.CONFIRMED)
     return booking, payment
 
 
@@ -570,12 +597,12 @@ async def _void(session: AsyncSession, booking: Booking, gateway: PaymentGateway
                          amount_cents=refunded.amount_cents, method=charge.method, created_at=now)
         session.add(refund)
         await session.execute(update(Ticket).where(Ticket.booking_id == booking.id)
-                              .values(status=TicketStatus.VOID))
+                              .values(status=TicketStatus.VOID, voided_at=now))
     booking.status = BookingStatus.CANCELLED
     booking.cancelled_at = now
     booking.expires_at = None
     booking.version += 1
-    record_booking_update(session, booking, BookingStatus.CANCELLED)
+    await record_booking_update(session, booking, BookingStatus.CANCELLED)
     return refund
 
 
@@ -636,6 +663,8 @@ async def cancel_event(session: AsyncSession, *, event_id: int, gateway: Payment
     event.status = EventStatus.CANCELLED
     event.available = event.capacity
     event.version += 1
+    await webhooks.enqueue(session, webhooks.WebhookEvent.EVENT_CANCELLED,
+                           webhooks.event_data(event.id, event.status, event.available), now=now)
     await session.flush()
     inventory.record_availability(session, event, changed)
     return event
@@ -689,7 +718,7 @@ async def _offer_to_waitlist(session: AsyncSession, *, event_id: int, holds: Hol
             changed += [(seat_id, SeatStatus.HELD) for seat_id, _ in seats]
         entry.status = WaitlistStatus.OFFERED
         entry.offer_booking_id = offer.id
-        record_booking_update(session, offer, WaitlistStatus.OFFERED)
+        await record_booking_update(session, offer, WaitlistStatus.OFFERED)
     inventory.record_availability(session, state, changed)
     await session.flush()
 
@@ -717,7 +746,7 @@ async def expire_lapsed(session: AsyncSession, *, holds: HoldTimes, now: datetim
             seats_by_event[booking.event_id] += await inventory.set_seats_status(
                 session, booking_id=booking.id, status=SeatStatus.AVAILABLE)
         await _close_offer(session, booking, WaitlistStatus.EXPIRED)
-        record_booking_update(session, booking, BookingStatus.EXPIRED)
+        await record_booking_update(session, booking, BookingStatus.EXPIRED)
     for lapsed_event_id in sorted(places_by_event):
         state = await inventory.return_places(session, event_id=lapsed_event_id,
                                               quantity=places_by_event[lapsed_event_id])
@@ -798,14 +827,33 @@ async def find_tickets(session: AsyncSession, code: str) -> dict[str, Any] | Non
     event = await session.get(Event, booking.event_id)
     assert event is not None
     venue = await session.get(Venue, event.venue_id)
+    holder = await session.get(User, booking.user_id)
     seat_ids = [t.seat_id for t in tickets if t.seat_id is not None]
     seats = {seat.id: seat for seat in await session.scalars(select(Seat).where(Seat.id.in_(seat_ids)))}
+    timezone = _zone(venue.timezone if venue else "UTC")
     return {
         "reference": booking.reference,
+        "eventId": str(event.id),
         "event": event.name,
         "venue": venue.name if venue else None,
+        "address": f"{venue.address}, {venue.city}" if venue else None,
         "startsAt": event.starts_at.isoformat(),
+        # The venue's own clock, as the people going there read it.
+        "startsAtLocal": event.starts_at.astimezone(timezone).isoformat(),
+        "timezone": timezone.key,
+        "holder": holder.name if holder else None,
+        "currency": booking.currency,
         "status": booking.status,
         "tickets": [{"code": t.code, "status": t.status,
-                     "seat": seats[t.seat_id].label if t.seat_id in seats else None} for t in tickets],
+                     "seat": seats[t.seat_id].label if t.seat_id in seats else None,
+                     "priceCents": seats[t.seat_id].price_cents if t.seat_id in seats
+                     else booking.total_cents // booking.quantity,
+                     "checkedInAt": t.checked_in_at.isoformat() if t.checked_in_at else None} for t in tickets],
     }
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):  # a name this machine's tz database lacks
+        return ZoneInfo("UTC")

@@ -8,13 +8,14 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import DomainError, ErrorCode, invalid_input, not_found, parse_id
 from app.models import Event, EventStatus, Seat, SeatStatus, Venue, utcnow
-from app.services import inventory
+from app.services import inventory, webhooks
 
 MAX_SEATS = 100_000
 # Seat maps are read whole (Event.seatMap), so their shape is bounded too.
@@ -118,8 +119,18 @@ def seat_map_capacity(seat_map: list[dict[str, Any]]) -> int:
 
 # --- venues -------------------------------------------------------------------------------
 
+def _timezone(name: str) -> str:
+    """An IANA zone this machine knows (tickets show times in it)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise invalid_input("timezone", "timezone must be an IANA name, e.g. Europe/Lisbon") from None
+    return name
+
+
 async def create_venue(
-    session: AsyncSession, *, name: str, address: str, city: str, country: str, capacity: int
+    session: AsyncSession, *, name: str, address: str, city: str, country: str, capacity: int,
+    timezone: str = "UTC",
 ) -> Venue:
     venue = Venue(
         name=_text("name", name, max_length=200),
@@ -127,6 +138,7 @@ async def create_venue(
         city=_text("city", city, max_length=100),
         country=_text("country", country, max_length=100),
         capacity=_int_in("capacity", capacity, 1, MAX_CAPACITY),
+        timezone=_timezone(timezone),
         created_at=utcnow(),
     )
     session.add(venue)
@@ -288,6 +300,8 @@ async def publish_event(session: AsyncSession, *, event_id: int, now: datetime |
         raise DomainError(ErrorCode.INVALID_STATE, f"Only a draft can be published (it is {event.status})")
     event.status = _published_status(event.sales_start_at, now or utcnow())
     event.version += 1
+    await webhooks.enqueue(session, webhooks.WebhookEvent.EVENT_ON_SALE,
+                           webhooks.event_data(event.id, event.status, event.available))
     await session.flush()
     inventory.record_availability(session, event)
     return event

@@ -29,24 +29,30 @@ def new_reference() -> str:
 
 async def write_holds(session: AsyncSession, *, event_id: int, price_cents: int, currency: str,
                 holders: Sequence[tuple[int, int]], expires_at: datetime, now: datetime,
-                waitlist_offer: bool = False) -> list[Booking]:
-    """One PENDING booking per (user id, quantity), in one statement, in the order given."""
+                waitlist_offer: bool = False, external_references: Sequence[str | None] | None = None) -> list[Booking]:
+    """One PENDING booking per (user id, quantity), in one statement, in the order given;
+    `external_references` (partners' order ids) one per holder, when given."""
     if not holders:
         return []
+    references = external_references or [None] * len(holders)
     rows = [dict(reference=new_reference(), user_id=user_id, event_id=event_id, status=BookingStatus.PENDING,
                  quantity=quantity, seat_ids=None, total_cents=price_cents * quantity, currency=currency,
-                 created_at=now, expires_at=expires_at, waitlist_offer=waitlist_offer, version=1)
-            for user_id, quantity in holders]
+                 created_at=now, expires_at=expires_at, waitlist_offer=waitlist_offer, version=1,
+                 external_reference=external_reference)
+            for (user_id, quantity), external_reference in zip(holders, references, strict=True)]
     result = await session.scalars(insert(Booking).returning(Booking, sort_by_parameter_order=True), rows)
     return list(result.all())
 
 
 async def over_cap(session: AsyncSession, *, event_id: int, holders: Sequence[tuple[int, int]], cap: int,
-                   now: datetime) -> list[bool]:
+                   capacity: int, now: datetime) -> list[bool]:
     """Which of these (user id, quantity), in turn, would take their user past `cap` places of
-    the event, counting what each already holds (unlapsed) or has bought, and earlier ones
-    here. Call it holding the event row, so that no concurrent reserve is counted twice or missed."""
-    if all(quantity > cap for _, quantity in holders):  # nothing to ask: all over on their own
+    the event (of `capacity` in all), counting what each already holds (unlapsed) or has
+    bought, and earlier ones here. Call it holding the event row, so that no concurrent reserve
+    is counted twice or missed."""
+    if cap >= capacity:  # nothing to ask: nobody can hold more than the event has
+        return [False] * len(holders)
+    if all(quantity > cap for _, quantity in holders):  # nor when all are over on their own
         return [True] * len(holders)
     users = sorted({user_id for user_id, _ in holders})
     rows = await session.execute(

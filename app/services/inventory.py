@@ -24,7 +24,7 @@ from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Booking, BookingStatus, Event, EventStatus, Seat, SeatStatus, WaitlistEntry, WaitlistStatus
-from app.services import outbox
+from app.services import outbox, webhooks
 
 
 class EventState(Protocol):
@@ -73,7 +73,7 @@ _EVENT_STATE = (Event.id, Event.available, Event.version, Event.status)
 
 
 # What a take returns: the event's new state, and what writing its holds needs.
-_TAKEN = (*_EVENT_STATE, Event.price_cents, Event.currency, Event.max_tickets_per_user)
+_TAKEN = (*_EVENT_STATE, Event.capacity, Event.price_cents, Event.currency, Event.max_tickets_per_user)
 
 
 def _take_statement(*conditions: Any) -> Any:
@@ -110,7 +110,11 @@ async def take_places(session: AsyncSession, *, event_id: int, quantity: int,
     else:
         result = await session.execute(_TAKE_CHECKED, {"event_id": event_id, "quantity": quantity,
                                                        "largest": largest})
-    return result.one_or_none()
+    taken = result.one_or_none()
+    if taken is not None and taken.status == EventStatus.SOLD_OUT:  # this take sold the last place
+        await webhooks.enqueue(session, webhooks.WebhookEvent.EVENT_SOLD_OUT,
+                               webhooks.event_data(taken.id, taken.status, taken.available))
+    return taken
 
 
 async def return_places(session: AsyncSession, *, event_id: int, quantity: int) -> Any:

@@ -28,3 +28,7 @@ def record(session: AsyncSession, channel: str, message: dict[str, Any]) -> None
 def take(session: AsyncSession) -> list[Message]:
     """Remove and return the recorded messages (call after commit; discard on rollback)."""
     return session.info.pop("outbox", [])
+
+
+def checkins_channel(event_id: int) -> str:
+    return f"event:{event_id}:checkins"

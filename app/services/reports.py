@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import not_found
 from app.models import Booking, BookingStatus, Event, WaitlistEntry, WaitlistStatus, utcnow
+from app.services import checkin
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class EventSales:
     cancellations: int
     expired_holds: int
     waitlist_length: int
+    checked_in: int
 
     @property
     def conversion_rate(self) -> float:
@@ -65,4 +67,5 @@ async def event_sales(session: AsyncSession, *, event_id: int, now: datetime | N
         event_id=event_id, capacity=event.capacity, places_sold=sold, places_held=held,
         places_free=event.capacity - sold - held, revenue_cents=revenue, currency=event.currency,
         holds_created=created, holds_confirmed=confirmed, cancellations=cancelled, expired_holds=expired,
-        waitlist_length=int(waiting or 0))
+        waitlist_length=int(waiting or 0),
+        checked_in=(await checkin.counts(session, event_id=event_id)).checked_in)

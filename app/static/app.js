@@ -19,6 +19,7 @@ const state = {
   ticket: null,         // the user's queue ticket for the open event, if it has a waiting room
   firstPosition: null,  // the ticket's position when this page first saw it (the progress bar's start)
   queueFeed: null,      // the LiveFeed of that ticket
+  bookingsRead: 0,      // the latest "My bookings" read: only it is shown
 };
 
 // Seats come in pages (the server's largest is 5,000): the first with the event, then the rest.
@@ -134,6 +135,28 @@ function showUser(user) {
   $("#auth-form").hidden = Boolean(user);
   $("#signed-in").hidden = !user;
   $("#user-name").textContent = user ? `${user.name} (${user.email})` : "";
+  loadMyBookings();
+}
+
+// Every booking of the signed-in user, with its tickets' links and QR codes: what they bought
+// stays reachable after a reload.
+async function loadMyBookings() {
+  const read = ++state.bookingsRead;
+  const data = state.token ? await gql(`query { myBookings(first: 50) { edges { node {
+    id reference status quantity totalCents currency ticketUrl event { name } tickets { code status url } } } } }`)
+    : null;
+  if (read !== state.bookingsRead) return;  // a newer read is on its way
+  const bookings = data?.myBookings.edges.map((edge) => edge.node) ?? [];
+  $("#my-bookings").hidden = !bookings.length;
+  $("#my-bookings-list").replaceChildren(...bookings.map((booking) => h("li",
+    { "data-booking-id": booking.id, "data-status": booking.status },
+    h("strong", {}, booking.event.name), ` · ${booking.reference} · ${booking.status.toLowerCase()} · `,
+    money(booking.totalCents, booking.currency),
+    booking.ticketUrl ? h("p", {}, h("a", { href: booking.ticketUrl, target: "_blank", rel: "noopener" },
+                                     "Tickets (print or show at the door)")) : null,
+    booking.status === "CONFIRMED" ? h("p", { class: "qr-codes" }, ...booking.tickets.map((ticket) =>
+      h("a", { href: ticket.url, target: "_blank", rel: "noopener" },
+        h("img", { class: "qr", src: `${ticket.url}/qr.svg`, alt: `QR code of ticket (${ticket.status})` })))) : null)));
 }
 
 async function signIn(kind, button) {
@@ -567,6 +590,7 @@ function setHold(booking) {
   state.hold = booking;
   renderHold();
   repaintSeats();
+  loadMyBookings();
 }
 
 function renderHold() {
