@@ -166,17 +166,21 @@ class RedisProcess:
 
 
 class RedisClusterProcesses:
-    """A Redis Cluster of `size` masters (no replicas) on free ports; a node killed and started
-    again keeps its port and its cluster config, so it comes back with its slots."""
+    """A Redis Cluster of `masters` masters with `replicas` replicas each, on free ports; a node
+    killed and started again keeps its port and its cluster config, so it comes back with its
+    slots (or as a replica, if one of its replicas took over meanwhile)."""
 
-    def __init__(self, directory: Path, size: int = 3) -> None:
-        # Other shards keep serving while one is down (the default stops the whole cluster);
-        # a down node is noticed within 2 s.
-        self.nodes = [RedisProcess(args=("--cluster-enabled", "yes", "--cluster-port", str(free_port()),
-                                         "--cluster-config-file", str(directory / f"nodes-{i}.conf"),
-                                         "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no",
-                                         "--dir", str(directory)))
-                      for i in range(size)]
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 0) -> None:
+        # Other shards keep serving while one is down (the default stops the whole cluster); a
+        # down node is noticed within 2 s, and its replica takes over however stale it is.
+        self.replicas = replicas
+        self.nodes = []
+        for i in range(masters * (1 + replicas)):
+            (directory / f"node{i}").mkdir()  # each its own: replicas write their copy there
+            self.nodes.append(RedisProcess(args=(
+                "--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no",
+                "--cluster-replica-validity-factor", "0", "--dir", str(directory / f"node{i}"))))
 
     @property
     def url(self) -> str:
@@ -186,29 +190,38 @@ class RedisClusterProcesses:
         await asyncio.gather(*(node.start() for node in self.nodes))
         create = await asyncio.create_subprocess_exec(
             shutil.which("redis-cli") or "/usr/bin/redis-cli", "--cluster", "create",
-            *(f"127.0.0.1:{node.port}" for node in self.nodes), "--cluster-replicas", "0", "--cluster-yes",
+            *(f"127.0.0.1:{node.port}" for node in self.nodes), "--cluster-replicas", str(self.replicas),
+            "--cluster-yes",
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         output, _ = await create.communicate()
         assert create.returncode == 0, output.decode()
         await self.wait_until_ok()
 
+    @property
+    def running(self) -> list[RedisProcess]:
+        return [node for node in self.nodes if node.process is not None and node.process.poll() is None]
+
     async def wait_until_ok(self) -> None:
-        """Until every node sees the cluster whole (all slots served)."""
-        clients = [redis.Redis(port=node.port, socket_connect_timeout=1) for node in self.nodes]
+        """Until every running node sees the cluster whole (all slots served), and every
+        replica has its copy of its master."""
+        clients = [redis.Redis(port=node.port, socket_connect_timeout=1) for node in self.running]
         try:
             async with asyncio.timeout(STARTUP_TIMEOUT):
                 while True:
                     with contextlib.suppress(redis.RedisError):
                         if all(client.cluster("info")["cluster_state"] == "ok" for client in clients):
-                            return
+                            roles = [client.info("replication") for client in clients]
+                            linked = [role for role in roles if role.get("master_link_status") == "up"]
+                            if len(linked) == len(self.nodes) // (1 + self.replicas) * self.replicas:
+                                return
                     await asyncio.sleep(0.1)
         finally:
             for client in clients:
                 client.close()
 
     def owner_of(self, key: str) -> RedisProcess:
-        """The node serving `key`'s hash slot (a sharded channel's too)."""
-        client = redis.Redis(port=self.nodes[0].port)
+        """The master serving `key`'s hash slot (a sharded channel's too)."""
+        client = redis.Redis(port=self.running[0].port)
         try:
             slot = client.cluster("keyslot", key)
             for start, end, (_host, port, *_), *_replicas in client.execute_command("CLUSTER SLOTS"):

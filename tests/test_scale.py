@@ -234,3 +234,52 @@ async def test_redis_cluster_carries_changes_between_instances_and_a_restarted_s
         assert await state() == (True, 7, 3)
         await book(tokens[3])
         assert await state() == (False, 6, 4)
+
+
+async def test_a_failed_over_shard_hands_its_channels_to_the_promoted_replica(
+        pgbouncer: PgBouncerProcess, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
+        tmp_path: Path) -> None:
+    event = await make_event(sessionmaker, capacity=10)
+    tokens = [token_for(user, settings) for user in await make_users(sessionmaker, 3)]
+    cluster = RedisClusterProcesses(tmp_path, replicas=1)
+    try:
+        await cluster.start()
+        async with app_processes(2, database_url=pgbouncer.url(POSTGRES_DB), redis_url=cluster.url,
+                                 log_dir=tmp_path, env={"DB_PGBOUNCER": "1", "REDIS_CLUSTER": "1"}) as [a, b], \
+                http_client(b.http_url) as gql_b, \
+                subscribe(a.ws_url, AVAILABILITY, {"id": str(event.id)}) as sub:
+
+            async def state() -> tuple[bool, int]:
+                update = (await sub.next())["eventAvailability"]
+                return update["snapshot"], update["availableSeats"]
+
+            async def book(token: str) -> None:
+                assert (await reserve(gql_b, token, event.id, quantity=1))["errors"] == []
+
+            assert await state() == (True, 10)
+            await book(tokens[0])
+            assert await state() == (False, 9)
+
+            channel = f"{REDIS_PREFIX}{outbox.availability_channel(event.id)}"
+            master = cluster.owner_of(channel)
+            await master.kill()  # for good: its replica takes over its slots
+            await book(tokens[1])
+            async with asyncio.timeout(MESSAGE_TIMEOUT):  # the replica notices, is elected, takes the slots
+                while cluster.owner_of(channel) is master:
+                    await asyncio.sleep(0.1)
+            # A's listener finds the channel on the promoted replica and resynchronises: a
+            # snapshot (the change made meanwhile maybe announced as well, if B published it
+            # to the new master after A subscribed there).
+            seen = [await state()]
+            while seen[-1][1] != 8:
+                seen.append(await state())
+            assert any(snapshot for snapshot, _ in seen), seen
+            await book(tokens[2])
+            assert await state() == (False, 7)
+            # Nothing of A's is left on the dead node: A is ready again.
+            async with httpx.AsyncClient(base_url=a.http_url) as http:
+                async with asyncio.timeout(MESSAGE_TIMEOUT):
+                    while (await http.get("/readyz")).status_code != 200:
+                        await asyncio.sleep(0.1)
+    finally:
+        await cluster.stop()
