@@ -22,6 +22,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
         _configure_sqlite(engine)
         return engine
+    # asyncpg's prepared-statement cache keeps the hot statements parsed server-side.
+    connect_args: dict[str, object] = {"server_settings": {"application_name": "bookmyevent"}}
+    if settings.db_pgbouncer:
+        connect_args.update(_PGBOUNCER_CONNECT_ARGS)
     return create_async_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
@@ -29,9 +33,23 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_pre_ping=True,
         # Errors (and so the logs) show statements, never their values: emails, keys, tokens.
         hide_parameters=True,
-        # asyncpg's prepared-statement cache keeps the hot statements parsed server-side.
-        connect_args={"server_settings": {"application_name": "bookmyevent"}},
+        connect_args=connect_args,
     )
+
+
+# PgBouncer in transaction pooling (1.18 has no max_prepared_statements) gives each
+# transaction whichever server connection is free, so a statement prepared under a name in
+# one transaction is missing (or another client's) in the next. Unnamed statements only:
+# SQLAlchemy still prepares each one to learn its columns, but under the empty name, and
+# asyncpg with its cache off parses it again in the same message as its execution. The cost:
+# every statement is parsed and planned at each execution, nothing is cached or left behind
+# on the server. Every transaction is explicit (SQLAlchemy's BEGIN), so it stays on one
+# server connection; nothing in the app keeps session state across transactions.
+_PGBOUNCER_CONNECT_ARGS: dict[str, object] = {
+    "statement_cache_size": 0,  # asyncpg's own cache
+    "prepared_statement_cache_size": 0,  # SQLAlchemy's
+    "prepared_statement_name_func": lambda: "",
+}
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

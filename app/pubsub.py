@@ -27,6 +27,7 @@ from broadcaster import Broadcast
 from broadcaster._backends.base import BroadcastBackend
 from broadcaster._base import Event as BroadcastEvent
 from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -128,6 +129,176 @@ class ReconnectingRedisBackend(BroadcastBackend):
                 with contextlib.suppress(Exception):
                     await client.aclose()
             await asyncio.sleep(self._retry_seconds)
+
+
+class _Shard:
+    """One cluster node's pub/sub connection and the channels it owns."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.channels: set[str] = set()
+        self.pubsub: Any = None  # set while connected and subscribed
+        self.tried = asyncio.Event()  # the first connection attempt is over
+        self.listener: asyncio.Task[None] | None = None
+
+    async def connect(self) -> bool:
+        """One attempt: a connection subscribed to every channel of this shard."""
+        # No silent reconnects inside redis-py: a lost connection must surface, so that the
+        # channels resynchronise (messages published meanwhile are gone).
+        client = aioredis.Redis(host=self.host, port=self.port, socket_connect_timeout=2,
+                                retry=Retry(NoBackoff(), retries=0))
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.ping()  # connected even while no channel is subscribed
+            subscribed: set[str] = set()
+            while missing := self.channels - subscribed:  # channels may come while we subscribe
+                for channel in missing:  # one command each: one SSUBSCRIBE takes one slot only
+                    await pubsub.ssubscribe(channel)
+                subscribed |= missing
+        except (RedisError, OSError) as error:
+            logger.warning("Redis shard %s:%d unreachable (%s)", self.host, self.port, error)
+            await pubsub.aclose()
+            await client.aclose()
+            self.tried.set()
+            return False
+        self.pubsub = pubsub
+        self.tried.set()
+        return True
+
+    async def disconnect(self) -> None:
+        pubsub, self.pubsub = self.pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            with contextlib.suppress(Exception):
+                await pubsub.connection_pool.disconnect()
+
+
+class ShardedRedisBackend(BroadcastBackend):
+    """A broadcaster backend on Redis Cluster (REDIS_CLUSTER=1; the URL names a seed node).
+
+    Channels are sharded channels (SSUBSCRIBE/SPUBLISH): each lives on the shard that owns its
+    hash slot, so an event's messages go to that one shard instead of every node of the
+    cluster bus. One listening connection per shard that has channels of ours. A shard that
+    drops it (restart, failover) is treated like a Redis restart in `ReconnectingRedisBackend`:
+    after asking the cluster again who owns each of its channels (they may have moved), the
+    channels are subscribed again and resynchronised."""
+
+    def __init__(self, url: str, *, retry_seconds: float = 0.5) -> None:
+        self._url = url
+        self._retry_seconds = retry_seconds
+        self._channels: set[str] = set()
+        self._queue: asyncio.Queue[BroadcastEvent] = asyncio.Queue()
+        self._shards: dict[str, _Shard] = {}  # by node name, host:port
+        self._mapped = False  # the cluster's slots are known
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def connect(self) -> None:
+        # Publishing goes through the cluster client: it sends SPUBLISH to the channel's shard
+        # and follows the cluster when slots move. One retry, as in ReconnectingRedisBackend.
+        self._cluster = RedisCluster.from_url(
+            self._url, socket_timeout=2, socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), retries=1), retry_on_error=[RedisConnectionError])
+        self._spawn(self._map(), "redis-cluster-map")
+
+    async def disconnect(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for shard in self._shards.values():
+            await shard.disconnect()
+        await self._cluster.aclose()
+
+    @property
+    def listening(self) -> bool:
+        return self._mapped and all(shard.pubsub is not None for shard in self._shards.values())
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+        if self._mapped:
+            await self._place(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        for shard in self._shards.values():
+            if channel in shard.channels:
+                shard.channels.discard(channel)
+                if shard.pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await shard.pubsub.sunsubscribe(channel)
+
+    async def publish(self, channel: str, message: Any) -> None:
+        await self._cluster.spublish(channel, message)
+
+    async def next_published(self) -> BroadcastEvent:
+        return await self._queue.get()
+
+    def _spawn(self, work: Any, name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _map(self) -> None:
+        """Learn the cluster's slots (retrying while no node answers), then place the channels
+        subscribed so far: they may have missed messages, so they resynchronise."""
+        while True:
+            try:
+                await self._cluster.initialize()
+                break
+            except (RedisError, OSError) as error:
+                logger.warning("Redis Cluster unreachable (%s); retrying", error)
+                await asyncio.sleep(self._retry_seconds)
+        self._mapped = True
+        for channel in list(self._channels):
+            await self._place(channel)
+            self._queue.put_nowait(BroadcastEvent(channel, RESYNC))
+
+    async def _place(self, channel: str) -> None:
+        """Subscribe `channel` on the shard that owns it; returns once subscribed there, or once
+        that shard has proved unreachable (its listener then resynchronises it later)."""
+        node = self._cluster.get_node_from_key(channel)
+        shard = self._shards.get(node.name)
+        if shard is None:
+            shard = self._shards[node.name] = _Shard(node.host, node.port)
+            shard.channels.add(channel)
+            await shard.connect()
+            shard.listener = self._spawn(self._listen(node.name, shard), f"redis-shard-{node.name}")
+            return
+        shard.channels.add(channel)
+        await shard.tried.wait()
+        if shard.pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):  # the listener resubscribes on reconnect
+                await shard.pubsub.ssubscribe(channel)
+
+    async def _listen(self, name: str, shard: _Shard) -> None:
+        while True:
+            if shard.pubsub is not None:
+                try:
+                    while True:
+                        message = await shard.pubsub.get_message(timeout=5.0)
+                        if message is not None and message["type"] == "smessage":
+                            self._queue.put_nowait(BroadcastEvent(message["channel"].decode(),
+                                                                  message["data"].decode()))
+                except (RedisError, OSError) as error:
+                    logger.warning("Redis shard %s lost (%s); retrying", name, error)
+                await shard.disconnect()
+            await asyncio.sleep(self._retry_seconds)
+            # Its slots may have gone to another node (a failover): ask the cluster again.
+            with contextlib.suppress(RedisError, OSError):
+                await self._cluster.nodes_manager.initialize()
+            moved = {channel for channel in shard.channels if self._cluster.get_node_from_key(channel).name != name}
+            shard.channels -= moved
+            for channel in moved:
+                await self._place(channel)
+                self._queue.put_nowait(BroadcastEvent(channel, RESYNC))
+            if not shard.channels:  # nothing of ours lives there now: stop waiting for it
+                del self._shards[name]
+                return
+            if await shard.connect():
+                logger.warning("Redis shard %s reconnected; resynchronising %d channels", name, len(shard.channels))
+                for channel in shard.channels:
+                    self._queue.put_nowait(BroadcastEvent(channel, RESYNC))
 
 
 class Delivery:
@@ -286,12 +457,14 @@ class Broker:
     Redis in (`Sequencer`, waiting at most `reorder_seconds` for a missing version)."""
 
     def __init__(self, url: str, *, coalesce_seconds: float = 0.05, reorder_seconds: float = 1.0,
-                 prefix: str = "") -> None:
+                 prefix: str = "", cluster: bool = False) -> None:
         self.url = url
         self._prefix = prefix  # on the wire only: callers name channels without it
         self.coalesce_seconds = coalesce_seconds
         self.reorder_seconds = reorder_seconds
-        self._backend = ReconnectingRedisBackend(url) if url.startswith(("redis://", "rediss://")) else None
+        self._backend: ReconnectingRedisBackend | ShardedRedisBackend | None = None
+        if url.startswith(("redis://", "rediss://")):
+            self._backend = ShardedRedisBackend(url) if cluster else ReconnectingRedisBackend(url)
         self._broadcast = Broadcast(backend=self._backend) if self._backend else Broadcast(url)
         self._channels: dict[str, _Channel] = {}
 

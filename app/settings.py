@@ -47,6 +47,8 @@ class Settings:
     # Put before every Redis key and channel: deployments (or test runs) sharing one Redis
     # never see each other's messages or counters.
     redis_prefix: str = ""
+    # REDIS_URL names one node of a Redis Cluster: sharded pub/sub, keys spread over shards.
+    redis_cluster: bool = False
     jwt_secret: str = DEV_JWT_SECRET
     jwt_algorithm: str = "HS256"
     access_token_ttl_seconds: int = 900
@@ -80,6 +82,9 @@ class Settings:
     query_rate_limit_per_minute: int = 300
     db_pool_size: int = 20
     db_max_overflow: int = 20
+    # DATABASE_URL points at PgBouncer in transaction pooling: no named prepared statements,
+    # which live on one server connection while the next transaction may get another.
+    db_pgbouncer: bool = False
     # Off in production to hide the schema from strangers (clients ship their documents).
     graphql_introspection: bool = True
     # Addresses or CIDRs (comma-separated) of the proxies whose X-Forwarded-For names the
@@ -110,6 +115,9 @@ class Settings:
     persisted_queries: str = "on"
     persisted_queries_manifest: str = ""
     persisted_query_ttl_seconds: int = 7 * 24 * 3600  # in Redis; a forgotten one is sent again
+    # On SIGTERM, /readyz fails this long before the server stops (longer than the balancer
+    # takes to notice: HAProxy's checks in deploy/haproxy.cfg need 2-3 s).
+    drain_seconds: float = 5.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -146,6 +154,7 @@ _FIELDS = {
     "DATABASE_URL": ("database_url", str),
     "REDIS_URL": ("redis_url", str),
     "REDIS_PREFIX": ("redis_prefix", str),
+    "REDIS_CLUSTER": ("redis_cluster", boolean),
     "JWT_SECRET": ("jwt_secret", str),
     "ACCESS_TOKEN_TTL_SECONDS": ("access_token_ttl_seconds", int),
     "REFRESH_TOKEN_TTL_SECONDS": ("refresh_token_ttl_seconds", int),
@@ -173,6 +182,7 @@ _FIELDS = {
     "QUERY_RATE_LIMIT_PER_MINUTE": ("query_rate_limit_per_minute", int),
     "DB_POOL_SIZE": ("db_pool_size", int),
     "DB_MAX_OVERFLOW": ("db_max_overflow", int),
+    "DB_PGBOUNCER": ("db_pgbouncer", boolean),
     "GRAPHQL_INTROSPECTION": ("graphql_introspection", boolean),
     "TRUSTED_PROXIES": ("trusted_proxies", str),
     "WEBSOCKETS_PER_ADDRESS": ("websockets_per_address", int),
@@ -190,6 +200,7 @@ _FIELDS = {
     "PERSISTED_QUERIES": ("persisted_queries", str),
     "PERSISTED_QUERIES_MANIFEST": ("persisted_queries_manifest", str),
     "PERSISTED_QUERY_TTL_SECONDS": ("persisted_query_ttl_seconds", int),
+    "DRAIN_SECONDS": ("drain_seconds", float),
 }
 
 

@@ -9,8 +9,10 @@ import html
 import io
 import json
 import logging
+import signal
+import threading
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from zoneinfo import ZoneInfo
 import segno
 from cross_web import HTTPException
 from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -266,6 +269,8 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    if request.app.state.draining:  # stopping: balancers send new work elsewhere
+        return JSONResponse({"status": "draining"}, status_code=503)
     services: AppServices = request.app.state.services
     checks: dict[str, str] = {}
     try:
@@ -368,6 +373,33 @@ async def checkin_page(request: Request) -> Response:
     return FileResponse(STATIC_DIR / "checkin.html")
 
 
+def _drain_on_sigterm(app: Starlette, seconds: float) -> Callable[[], object]:
+    """Put off the server's own SIGTERM handling by `seconds`: meanwhile /readyz answers 503
+    "draining", so the balancer sends new work elsewhere, while requests and websockets here
+    go on. Then the server stops as usual: it finishes the requests in flight and closes
+    websockets with 1012 (service restart), so clients reconnect through the balancer. A second
+    SIGTERM stops at once. Only where a server handles SIGTERM in this thread (uvicorn does, in
+    every worker); returns what puts its handler back."""
+    server_handler = signal.getsignal(signal.SIGTERM)
+    if seconds <= 0 or not callable(server_handler) or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+
+    def stop_later(signum: int) -> None:
+        logger.warning("SIGTERM: draining for %.1f s, then stopping", seconds)
+        loop.call_later(seconds, server_handler, signum, None)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if app.state.draining:
+            server_handler(signum, frame)
+            return
+        app.state.draining = True
+        loop.call_soon_threadsafe(stop_later, signum)  # a signal handler only schedules
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return lambda: signal.signal(signal.SIGTERM, server_handler)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
     settings.check()
@@ -376,11 +408,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings=settings,
         sessionmaker=create_sessionmaker(engine),
         gateway=MockGateway(),
-        broker=Broker(settings.redis_url or "memory://", prefix=settings.redis_prefix),
-        limiter=(RedisRateLimiter(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url
-                 else MemoryRateLimiter()),
+        broker=Broker(settings.redis_url or "memory://", prefix=settings.redis_prefix, cluster=settings.redis_cluster),
+        limiter=(RedisRateLimiter(settings.redis_url, prefix=settings.redis_prefix, cluster=settings.redis_cluster)
+                 if settings.redis_url else MemoryRateLimiter()),
     )
-    redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2) if settings.redis_url else None
+    redis_client = (None if not settings.redis_url
+                    else RedisCluster.from_url(settings.redis_url, socket_timeout=2) if settings.redis_cluster
+                    else aioredis.Redis.from_url(settings.redis_url, socket_timeout=2))
     graphql = GraphQLApp(services, PersistedQueries.from_settings(settings, redis_client))
 
     @contextlib.asynccontextmanager
@@ -396,9 +430,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         gc.collect()
         gc.freeze()
         metrics.worker_started()
+        undo_drain = _drain_on_sigterm(app, settings.drain_seconds)
         try:
             yield
         finally:
+            undo_drain()
             metrics.worker_stopped()
             sweeper.cancel()
             admitter.cancel()
@@ -436,5 +472,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.draining = False
     app.state.redis = redis_client
     return app

@@ -9,14 +9,16 @@ limit would keep using up the limit of the account it attacks)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
 import time
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
 
 from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -87,14 +89,19 @@ class RedisRateLimiter:
     past 100, and every such call went through uncounted). Only Redis itself being
     unreachable lets calls through uncounted, and that is counted as a metric."""
 
-    def __init__(self, url: str, *, prefix: str = "", max_connections: int = 16) -> None:
+    def __init__(self, url: str, *, prefix: str = "", max_connections: int = 16, cluster: bool = False) -> None:
         self._prefix = prefix
-        # Few connections suffice (one per batch in flight); callers beyond them wait their
-        # turn. One retry on a fresh connection: after a Redis restart the pooled one is dead.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=None, socket_timeout=1.0, socket_connect_timeout=1.0,
-            retry=Retry(NoBackoff(), retries=1), retry_on_error=[RedisConnectionError])
-        self._redis = aioredis.Redis(connection_pool=pool)
+        # Few connections suffice (one per round trip in flight); callers beyond them wait
+        # their turn here. (redis-py's cluster client has no blocking pool: past its
+        # max_connections it breaks, in 8.1 with an AttributeError.) One retry on a fresh
+        # connection: after a Redis restart the pooled one is dead.
+        self._turns = asyncio.Semaphore(max_connections)
+        options: dict[str, Any] = dict(socket_timeout=1.0, socket_connect_timeout=1.0,
+                                       retry=Retry(NoBackoff(), retries=1), retry_on_error=[RedisConnectionError])
+        # The cluster client splits a pipeline by shard; no command here needs two keys in one
+        # slot, so the counters need no hash tags.
+        self._redis: aioredis.Redis | RedisCluster = (RedisCluster.from_url(url, **options) if cluster
+                                                      else aioredis.Redis.from_url(url, **options))
         self._batch: list[tuple[list[str], int, asyncio.Future[list[int]]]] = []
         self._sends: set[asyncio.Task[None]] = set()
 
@@ -118,7 +125,7 @@ class RedisRateLimiter:
         # Refused: take the counts back (a round trip of its own; the refusal stands even if
         # it fails, the counts then lapse with their window).
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 for counter in counters:
                     pipe.decr(counter)
                     pipe.expire(counter, window_seconds + 1)
@@ -129,13 +136,15 @@ class RedisRateLimiter:
 
     async def remember(self, key: str, *, seconds: int) -> None:
         try:
-            await self._redis.set(f"{self._prefix}remembered:{_stored_key(key)}", 1, ex=seconds)
+            async with self._turns:
+                await self._redis.set(f"{self._prefix}remembered:{_stored_key(key)}", 1, ex=seconds)
         except (RedisError, OSError) as error:
             logger.warning("Not remembered, Redis unreachable: %s", error)
 
     async def recalls(self, key: str) -> bool:
         try:
-            return bool(await self._redis.exists(f"{self._prefix}remembered:{_stored_key(key)}"))
+            async with self._turns:
+                return bool(await self._redis.exists(f"{self._prefix}remembered:{_stored_key(key)}"))
         except (RedisError, OSError) as error:  # then no limit holds anyway (hit fails open)
             logger.warning("Nothing recalled, Redis unreachable: %s", error)
             return False
@@ -143,7 +152,7 @@ class RedisRateLimiter:
     async def _send(self, batch: list[tuple[list[str], int, asyncio.Future[list[int]]]]) -> None:
         self._batch = []  # calls from here on make the next batch
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 for keys, window_seconds, _ in batch:
                     for key in keys:
                         pipe.incr(key)
@@ -156,10 +165,16 @@ class RedisRateLimiter:
         for keys, _, counted in batch:
             counted.set_result([next(replies) for _ in keys])
 
+    @contextlib.asynccontextmanager
+    async def _pipeline(self) -> AsyncIterator[Any]:
+        async with self._turns, self._redis.pipeline(transaction=False) as pipe:
+            yield pipe
+
     async def close(self) -> None:
         await asyncio.gather(*self._sends, return_exceptions=True)
         await self._redis.aclose()
-        await self._redis.connection_pool.disconnect()
+        if isinstance(self._redis, aioredis.Redis):
+            await self._redis.connection_pool.disconnect()
 
 
 async def enforce(limiter: RateLimiter, limits: Sequence[Limit], *, window_seconds: int = 60) -> None:
