@@ -96,7 +96,9 @@ class ReconnectingRedisBackend(BroadcastBackend):
     async def _listen(self) -> None:
         connected_before = False
         while True:
-            client = aioredis.Redis.from_url(self._url, socket_connect_timeout=2)
+            # No silent reconnects inside redis-py (it would resubscribe by itself): a lost
+            # connection must surface here, so that the channels resynchronise.
+            client = aioredis.Redis.from_url(self._url, socket_connect_timeout=2, retry=Retry(NoBackoff(), retries=0))
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 # A dummy channel keeps the connection subscribed (and readable) while no
