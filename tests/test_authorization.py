@@ -295,6 +295,10 @@ CASES = [
     Case("deleteWebhook", "deleteWebhook",
          f"mutation($id: ID!) {{ deleteWebhook(id: $id) {{ webhook {{ id }} {ERRORS} }} }}",
          lambda w, r: {"id": str(w.webhook_id)}, ADMIN_ONLY),
+    Case("rotateWebhookSecret", "rotateWebhookSecret",
+         f"""mutation($id: ID!) {{ rotateWebhookSecret(id: $id, overlapSeconds: 60) {{
+           webhook {{ id previousSecretExpiresAt }} secret {ERRORS} }} }}""",
+         lambda w, r: {"id": str(w.webhook_id)}, ADMIN_ONLY),
     Case("resendWebhookDelivery", "resendWebhookDelivery",
          f"mutation($id: ID!) {{ resendWebhookDelivery(id: $id) {{ webhook {{ id }} {ERRORS} }} }}",
          lambda w, r: {"id": str(w.delivery_id)}, ADMIN_ONLY),
@@ -342,6 +346,7 @@ KEY_CASES = {
     "node: booking": (FORBIDDEN, NULL, FORBIDDEN, FORBIDDEN, FORBIDDEN),
     "apiKeys": NO_KEY, "createApiKey": NO_KEY, "rotateApiKey": NO_KEY, "revokeApiKey": NO_KEY,
     "webhooks": WEBHOOKS, "createWebhook": WEBHOOKS, "deleteWebhook": WEBHOOKS, "resendWebhookDelivery": WEBHOOKS,
+    "rotateWebhookSecret": WEBHOOKS,
 }
 
 

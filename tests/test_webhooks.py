@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.errors import DomainError, ErrorCode
 from app.models import DeliveryStatus, Role, WebhookDelivery, WebhookEndpoint, utcnow
 from app.services import bookings, catalogue, webhooks
 from app.services.payments import MockGateway
@@ -335,3 +336,75 @@ async def test_an_endpoint_failing_for_a_day_is_disabled_and_says_why(
     assert endpoint.disabled_reason is not None and "HTTP 500" in endpoint.disabled_reason
     [delivery] = await deliveries(sessionmaker)
     assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 3
+
+
+ROTATE = """mutation($id: ID!, $overlap: Int) { rotateWebhookSecret(id: $id, overlapSeconds: $overlap) {
+  webhook { id previousSecretExpiresAt } secret errors { code field } } }"""
+
+
+async def test_a_rotated_secret_signs_alongside_the_new_one_until_the_overlap_ends(
+        settings: Settings, engine: Any, sessionmaker: async_sessionmaker[AsyncSession], receiver: Receiver) -> None:
+    admin = token_for(await make_user(sessionmaker, Role.ADMIN), settings)
+    buyer = token_for(await make_user(sessionmaker), settings)
+    event = await make_event(sessionmaker, capacity=5)
+
+    async def book_and_receive(count: int) -> tuple[dict[str, str], bytes]:
+        booking = (await gql(RESERVE, {"id": str(event.id)}, buyer))["reserveSeats"]["booking"]
+        assert (await gql(CONFIRM, {"id": booking["id"]}, buyer))["confirmBooking"]["errors"] == []
+        await receiver.wait_for(count)
+        return receiver.received[count - 1]
+
+    def verifies(secret: str, message: tuple[dict[str, str], bytes]) -> bool:
+        try:
+            Webhook(secret).verify(message[1], message[0])
+        except WebhookVerificationError:
+            return False
+        return True
+
+    async with running_app(settings) as (_, gql):
+        hook_id, old = await create_hook(gql, admin, receiver.url, "BOOKING_CONFIRMED")
+        before = await book_and_receive(1)
+        rotated = (await gql(ROTATE, {"id": hook_id}, admin))["rotateWebhookSecret"]  # the default overlap: a day
+        assert rotated["errors"] == [] and rotated["secret"].startswith("whsec_") and rotated["secret"] != old
+        assert rotated["webhook"]["previousSecretExpiresAt"] is not None
+        new = rotated["secret"]
+        assert verifies(old, before) and not verifies(new, before)
+        during = await book_and_receive(2)
+        assert verifies(old, during) and verifies(new, during)  # receivers on either secret accept it
+        headers, body = during
+        assert headers["webhook-signature"] == " ".join(  # both, the new one first
+            webhooks.sign(secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body.decode())
+            for secret in (new, old))
+        # No overlap: only the newest secret signs, and the ones before it stop at once.
+        rotated = (await gql(ROTATE, {"id": hook_id, "overlap": 0}, admin))["rotateWebhookSecret"]
+        assert rotated["errors"] == [] and rotated["webhook"]["previousSecretExpiresAt"] is None
+        after = await book_and_receive(3)
+        assert verifies(rotated["secret"], after) and not verifies(new, after) and not verifies(old, after)
+        assert " " not in after[0]["webhook-signature"]
+        too_long = (await gql(ROTATE, {"id": hook_id, "overlap": 7 * 86400 + 1}, admin))["rotateWebhookSecret"]
+        assert too_long["errors"] == [{"code": "INVALID_INPUT", "field": "overlapSeconds"}]
+
+
+async def test_the_previous_secret_stops_signing_when_its_overlap_ends(
+        settings: Settings, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    owner = await make_user(sessionmaker, Role.ADMIN)
+    start = utcnow()
+    async with sessionmaker() as session:
+        endpoint, old = await webhooks.create_endpoint(session, owner_id=owner.id, url="http://127.0.0.1:9/x",
+                                                       events=[webhooks.WebhookEvent.EVENT_ON_SALE],
+                                                       description=None, allow_private=True)
+        _, new = await webhooks.rotate_secret(session, caller=identity_of(owner), endpoint_id=endpoint.id,
+                                              overlap_seconds=3600, now=start)
+        await session.commit()
+    await make_event(sessionmaker, capacity=5)  # on sale: one delivery
+    lease = timedelta(seconds=30)
+    async with sessionmaker() as session:  # an injected clock: within the hour, then past it
+        [within] = await webhooks.claim_due(session, now=start + timedelta(minutes=59), lease=lease, limit=10)
+        [past] = await webhooks.claim_due(session, now=start + timedelta(minutes=61), lease=lease, limit=10)
+    assert within.secrets == (new, old) and past.secrets == (new,)
+    async with sessionmaker() as session:  # somebody else's webhook is not theirs to rotate
+        stranger = await make_user(sessionmaker)
+        with pytest.raises(DomainError) as refused:
+            await webhooks.rotate_secret(session, caller=identity_of(stranger), endpoint_id=endpoint.id,
+                                         overlap_seconds=0)
+    assert refused.value.code == ErrorCode.NOT_FOUND

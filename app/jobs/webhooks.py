@@ -57,7 +57,8 @@ class Deliverer:
             response = await self._client.post(attempt.url, content=attempt.body.encode(), headers={
                 "content-type": "application/json", "webhook-id": attempt.message_id,
                 "webhook-timestamp": str(timestamp),
-                "webhook-signature": webhooks.sign(attempt.secret, attempt.message_id, timestamp, attempt.body)})
+                "webhook-signature": webhooks.signature_header(attempt.secrets, attempt.message_id, timestamp,
+                                                               attempt.body)})
             status = response.status_code
         except webhooks.TargetRefused as refused:
             error = str(refused)

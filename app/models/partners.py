@@ -58,6 +58,10 @@ class WebhookEndpoint(Base):
     description: Mapped[str | None] = mapped_column(String(500))
     # Kept as given: signing needs the secret itself, not a hash of it.
     secret: Mapped[str] = mapped_column(String(100))
+    # The secret before the last rotation: deliveries are signed with it too until it expires,
+    # so receivers can switch secrets without dropping a message.
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     disabled_reason: Mapped[str | None] = mapped_column(String(500))
     failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)

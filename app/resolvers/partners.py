@@ -76,6 +76,17 @@ class PartnerMutation:
             return WebhookPayload(webhook=Webhook.from_model(endpoint))
         return await run_mutation(info, WebhookPayload, work)
 
+    @strawberry.mutation(description="A new signing secret, in this answer only. Until overlapSeconds (at most 7 "
+                                     "days) from now deliveries carry the previous secret's signature too.")
+    async def rotate_webhook_secret(self, info: strawberry.Info, id: strawberry.ID,
+                                    overlap_seconds: int = 86400) -> WebhookPayload:
+        async def work(session: AsyncSession) -> WebhookPayload:
+            caller = info.context.require_admin_or_scope(Scope.WEBHOOKS_MANAGE)
+            endpoint, secret = await webhooks.rotate_secret(session, caller=caller, endpoint_id=parse_id(id, "id"),
+                                                            overlap_seconds=overlap_seconds)
+            return WebhookPayload(webhook=Webhook.from_model(endpoint), secret=secret)
+        return await run_mutation(info, WebhookPayload, work)
+
     @strawberry.mutation(description="Send one delivery again (same webhook-id and body).")
     async def resend_webhook_delivery(self, info: strawberry.Info, id: strawberry.ID) -> WebhookPayload:
         async def work(session: AsyncSession) -> WebhookPayload:

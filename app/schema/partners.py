@@ -112,12 +112,15 @@ class Webhook:
     active: bool
     disabled_reason: str | None = strawberry.field(description="Why it stopped (410 Gone, or failing for a day)")
     created_at: datetime
+    previous_secret_expires_at: datetime | None = strawberry.field(
+        description="Set after rotateWebhookSecret: until then deliveries carry the previous secret's signature too")
 
     @classmethod
     def from_model(cls, endpoint: models.WebhookEndpoint) -> Webhook:
         return cls(id=strawberry.ID(str(endpoint.id)), url=endpoint.url,
                    events=[WebhookEventType(event) for event in endpoint.events], description=endpoint.description,
-                   active=endpoint.active, disabled_reason=endpoint.disabled_reason, created_at=endpoint.created_at)
+                   active=endpoint.active, disabled_reason=endpoint.disabled_reason, created_at=endpoint.created_at,
+                   previous_secret_expires_at=endpoint.previous_secret_expires_at)
 
     @strawberry.field(description="Its delivery log, newest first.")
     async def deliveries(self, info: strawberry.Info, first: int = 20,
@@ -132,5 +135,5 @@ class Webhook:
 class WebhookPayload:
     webhook: Webhook | None = None
     secret: str | None = strawberry.field(
-        default=None, description="The signing secret (whsec_...), given only by createWebhook")
+        default=None, description="The signing secret (whsec_...), given only by createWebhook and rotateWebhookSecret")
     errors: list[UserError] = strawberry.field(default_factory=list)

@@ -37,6 +37,7 @@ MAX_URL_LENGTH = 2000
 MAX_DESCRIPTION_LENGTH = 500
 MAX_ENDPOINTS_PER_OWNER = 20
 RESOLVE_TIMEOUT = 5.0  # seconds
+MAX_ROTATION_OVERLAP = timedelta(days=7)  # how long a rotated-out secret may keep signing
 
 
 class WebhookEvent:
@@ -65,6 +66,20 @@ def sign(secret: str, message_id: str, timestamp: int, body: str) -> str:
     key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
     digest = hmac.new(key, f"{message_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
+
+
+def signature_header(secrets_: Sequence[str], message_id: str, timestamp: int, body: str) -> str:
+    """One `v1,` signature per secret, space-separated (Standard Webhooks): a receiver accepts
+    the message if any of them verifies with its secret."""
+    return " ".join(sign(secret, message_id, timestamp, body) for secret in secrets_)
+
+
+def signing_secrets(endpoint: WebhookEndpoint, now: datetime) -> tuple[str, ...]:
+    """The current secret, then the previous one while its overlap lasts."""
+    expires = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret is not None and expires is not None and now < expires:
+        return endpoint.secret, endpoint.previous_secret
+    return (endpoint.secret,)
 
 
 # --- targets ------------------------------------------------------------------------------
@@ -178,6 +193,26 @@ async def resend(session: AsyncSession, *, caller: Identity, delivery_id: int,
     return endpoint
 
 
+async def rotate_secret(session: AsyncSession, *, caller: Identity, endpoint_id: int, overlap_seconds: int,
+                        now: datetime | None = None) -> tuple[WebhookEndpoint, str]:
+    """A new signing secret (shown this once). The current one keeps signing too for
+    `overlap_seconds`, so receivers can switch without losing a delivery; a secret rotated
+    out earlier stops now (only the last one overlaps)."""
+    if not 0 <= overlap_seconds <= MAX_ROTATION_OVERLAP.total_seconds():
+        raise invalid_input("overlapSeconds", f"overlapSeconds must be between 0 and "
+                                              f"{int(MAX_ROTATION_OVERLAP.total_seconds())}")
+    endpoint = await _endpoint_of(session, caller, endpoint_id)
+    secret = new_secret()
+    if overlap_seconds:
+        endpoint.previous_secret = endpoint.secret
+        endpoint.previous_secret_expires_at = (now or utcnow()) + timedelta(seconds=overlap_seconds)
+    else:
+        endpoint.previous_secret = endpoint.previous_secret_expires_at = None
+    endpoint.secret = secret
+    await session.flush()
+    return endpoint, secret
+
+
 @dataclass(frozen=True)
 class DeliveryPage:
     items: list[WebhookDelivery]
@@ -261,7 +296,7 @@ class Attempt:
     message_id: str
     body: str
     url: str
-    secret: str
+    secrets: tuple[str, ...]  # to sign with, newest first
     attempt: int
 
 
@@ -272,18 +307,18 @@ async def claim_due(session: AsyncSession, *, now: datetime, lease: timedelta, l
     if limit <= 0:
         return []
     rows = (await session.execute(
-        select(WebhookDelivery, WebhookEndpoint.url, WebhookEndpoint.secret)
+        select(WebhookDelivery, WebhookEndpoint)
         .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
         .where(WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now,
                WebhookEndpoint.active)
         .order_by(WebhookDelivery.next_attempt_at).limit(limit)
         .with_for_update(of=WebhookDelivery, skip_locked=True))).all()
     attempts = []
-    for delivery, url, secret in rows:
+    for delivery, endpoint in rows:
         delivery.attempts += 1
         delivery.next_attempt_at = now + lease
-        attempts.append(Attempt(delivery.id, delivery.endpoint_id, delivery.message_id, delivery.body, url, secret,
-                                delivery.attempts))
+        attempts.append(Attempt(delivery.id, delivery.endpoint_id, delivery.message_id, delivery.body, endpoint.url,
+                                signing_secrets(endpoint, now), delivery.attempts))
     await session.flush()
     return attempts
 
