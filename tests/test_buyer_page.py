@@ -1,12 +1,18 @@
-"""The buyer's page on a phone: buy, reload, and the tickets are still there under "My
-bookings", each with a QR code; nothing is wider than a 390 px screen. Chromium, Playwright,
-the app under uvicorn on the embedded database (as tests/test_browser.py)."""
+"""The buyer's page: on a phone, buy, reload, and the tickets are still there under "My
+bookings", each with a QR code; nothing is wider than a 390 px screen. The page explains the
+sale (times, statuses, limits, prices, a declined card), and a reload survives an expired access
+token. Chromium, Playwright, the app under uvicorn on the embedded database (as
+tests/test_browser.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
+import jwt
 import pytest
 from playwright.async_api import BrowserContext, async_playwright
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -157,5 +163,42 @@ async def test_the_page_explains_the_sale(settings: Settings, sessionmaker: asyn
             assert await page.text_content("#reserve-hint") == limit
             await page.screenshot(path=ARTIFACTS / "buyer-explained.png", full_page=True)
             assert problems == []
+        finally:
+            await browser.close()
+
+
+async def test_a_reload_after_the_access_token_expired_stays_signed_in(
+        settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """The reload's first calls all go out with the expired token at once: one renewal serves them,
+    and the buyer is still signed in, with a new access token."""
+    require_chromium()
+    event = await make_event(sessionmaker, name="Encore")
+    problems: list[str] = []
+    async with serve_in_process(create_app(replace(settings, access_token_ttl_seconds=2))) as address, \
+            async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                                   headless=True, timeout=30_000)
+        try:
+            _, page = await open_page(browser, problems)
+            await page.goto(f"http://{address}/#event/{event.id}")
+            await page.fill("#auth-email", "encore@example.com")
+            await page.fill("#auth-password", "correct horse battery")
+            await page.fill("#auth-name", "Encore")
+            await page.click("#register-btn")
+            await page.wait_for_selector("#user-name:text('Encore (encore@example.com)')")
+            first = await page.evaluate("sessionStorage.getItem('bme.token')")
+            expires_at = jwt.decode(first, options={"verify_signature": False})["exp"]
+            await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.5)  # the token's own lifetime
+
+            await page.reload()
+            await page.wait_for_selector("#user-name:text('Encore (encore@example.com)')")
+            await page.wait_for_selector("#reserve-btn:not([disabled])")
+            assert await page.text_content("#messages") == ""
+            assert await page.evaluate("sessionStorage.getItem('bme.token')") != first
+            # A second reload: the renewed session still works (no renewal was spent twice).
+            await page.reload()
+            await page.wait_for_selector("#user-name:text('Encore (encore@example.com)')")
+            assert await page.text_content("#messages") == ""
+            assert [problem for problem in problems if "status of 401" not in problem] == []
         finally:
             await browser.close()

@@ -21,6 +21,7 @@ const state = {
   queueFeed: null,      // the LiveFeed of that ticket
   bookingsRead: 0,      // the latest "My bookings" read: only it is shown
   reserving: false,     // a reservation is in flight: its own seats turning HELD are not "taken"
+  renewal: null,        // the token renewal in flight: calls refused together share it
 };
 
 // Seats come in pages (the server's largest is 5,000): the first with the event, then the rest.
@@ -91,21 +92,29 @@ const refusedForToken = (body) => [...(body.errors ?? []), ...(body.data?.result
   .some((error) => (error.extensions?.code ?? error.code) === "UNAUTHENTICATED");
 
 // An access token lasts minutes, a page stays open longer: a call refused for an expired
-// token gets a new one from the refresh token, once, and is sent again.
-async function renewSession() {
-  if (!state.refresh) return false;
-  const body = await post(`mutation($token: String!) { result: refreshToken(refreshToken: $token) {
-    ${SESSION_FIELDS} } }`, { token: state.refresh }, null);
-  const renewed = body.data?.result;
-  if (!renewed?.accessToken) return false;
-  setToken(renewed.accessToken, renewed.refreshToken);
-  return true;
+// token gets a new one from the refresh token, once, and is sent again. A refresh token is
+// good for one renewal, so calls refused together (a reload's first calls) share one.
+function renewSession() {
+  state.renewal ??= (async () => {
+    if (!state.refresh) return false;
+    const body = await post(`mutation($token: String!) { result: refreshToken(refreshToken: $token) {
+      ${SESSION_FIELDS} } }`, { token: state.refresh }, null);
+    const renewed = body.data?.result;
+    if (!renewed?.accessToken) return false;
+    setToken(renewed.accessToken, renewed.refreshToken);
+    return true;
+  })().finally(() => { state.renewal = null; });
+  return state.renewal;
 }
 
 async function gql(query, variables = {}) {
   try {
-    let body = await post(query, variables);
-    if (state.token && refusedForToken(body) && await renewSession()) body = await post(query, variables);
+    const token = state.token;
+    let body = await post(query, variables, token);
+    // Already renewed by another call while this one was out: only sent again.
+    if (token && refusedForToken(body) && (state.token !== token || await renewSession())) {
+      body = await post(query, variables);
+    }
     if (body.errors?.length) showMessages(body.errors.map((error) => error.message));
     return body.data ?? null;
   } catch (error) {
