@@ -57,7 +57,8 @@ async def make_event(sessionmaker: async_sessionmaker[AsyncSession], *, capacity
     """An event; its per-buyer cap is out of the way unless a test sets it."""
     async with sessionmaker() as session:
         venue = await catalogue.create_venue(session, name="Hall", address="1 Street", city="Lisbon",
-                                             country="Portugal", capacity=100_000)
+                                             country="Portugal", capacity=100_000,
+                                             timezone=fields.pop("timezone", "UTC"))
         starts_at = fields.pop("starts_at", utcnow() + timedelta(days=30))
         event = await catalogue.create_event(
             session, venue_id=venue.id, name=fields.pop("name", "Concert"),

@@ -58,8 +58,8 @@ async def seat_id(sessionmaker: async_sessionmaker[AsyncSession], event_id: int,
     return str(found)
 
 
-async def open_page(browser: Browser, problems: list[str]) -> tuple[BrowserContext, Page]:
-    context = await browser.new_context(viewport={"width": 1200, "height": 800})
+async def open_page(browser: Browser, problems: list[str], locale: str | None = None) -> tuple[BrowserContext, Page]:
+    context = await browser.new_context(viewport={"width": 1200, "height": 800}, locale=locale)
     context.set_default_timeout(TIMEOUT_MS)
     page = await context.new_page()
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))

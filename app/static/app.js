@@ -20,6 +20,8 @@ const state = {
   firstPosition: null,  // the ticket's position when this page first saw it (the progress bar's start)
   queueFeed: null,      // the LiveFeed of that ticket
   bookingsRead: 0,      // the latest "My bookings" read: only it is shown
+  reserving: false,     // a reservation is in flight: its own seats turning HELD are not "taken"
+  renewal: null,        // the token renewal in flight: calls refused together share it
 };
 
 // Seats come in pages (the server's largest is 5,000): the first with the event, then the rest.
@@ -27,7 +29,8 @@ const SEAT_PAGE_SIZE = 5000;
 const SEAT_FIELDS = "id section row number label status priceCents";
 const EVENT_QUERY = `query($id: ID!, $first: Int!) { event(id: $id) {
   id name description startsAt status availableSeats version priceCents currency maxTicketsPerBooking
-  salesStartAt waitingRoom { admitPerMinute queueLength } venue { name city } seatMap { name }
+  maxTicketsPerUser salesStartAt waitingRoom { admitPerMinute queueLength } venue { name city timezone }
+  seatMap { name }
   seats(first: $first) { ${SEAT_FIELDS} } } }`;
 const SEAT_PAGE_QUERY = `query($id: ID!, $first: Int!, $after: ID) { event(id: $id) {
   seats(first: $first, after: $after) { ${SEAT_FIELDS} } } }`;
@@ -63,6 +66,21 @@ function showMessages(texts, kind = "error") {
 
 const clearMessages = () => showMessages([]);
 
+const STATUS_TEXT = { DRAFT: "Draft", SCHEDULED: "Not on sale yet", ON_SALE: "On sale", SOLD_OUT: "Sold out",
+                      CANCELLED: "Cancelled" };
+const statusText = (status) => STATUS_TEXT[status] ?? status;
+
+// An event's time as people at the venue read it ("Sat 14 Dec, 18:00 WET"), with the year when
+// it is not this one.
+function when(iso, timeZone) {
+  const date = new Date(iso);
+  const year = new Intl.DateTimeFormat("en", { year: "numeric", timeZone }).format(date);
+  const options = { weekday: "short", day: "numeric", month: "short", hour: "2-digit", minute: "2-digit",
+                    timeZone, timeZoneName: "short" };
+  if (year !== String(new Date().getFullYear())) options.year = "numeric";
+  return new Intl.DateTimeFormat(undefined, options).format(date);
+}
+
 async function post(query, variables, token = state.token) {
   const headers = { "Content-Type": "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -74,21 +92,29 @@ const refusedForToken = (body) => [...(body.errors ?? []), ...(body.data?.result
   .some((error) => (error.extensions?.code ?? error.code) === "UNAUTHENTICATED");
 
 // An access token lasts minutes, a page stays open longer: a call refused for an expired
-// token gets a new one from the refresh token, once, and is sent again.
-async function renewSession() {
-  if (!state.refresh) return false;
-  const body = await post(`mutation($token: String!) { result: refreshToken(refreshToken: $token) {
-    ${SESSION_FIELDS} } }`, { token: state.refresh }, null);
-  const renewed = body.data?.result;
-  if (!renewed?.accessToken) return false;
-  setToken(renewed.accessToken, renewed.refreshToken);
-  return true;
+// token gets a new one from the refresh token, once, and is sent again. A refresh token is
+// good for one renewal, so calls refused together (a reload's first calls) share one.
+function renewSession() {
+  state.renewal ??= (async () => {
+    if (!state.refresh) return false;
+    const body = await post(`mutation($token: String!) { result: refreshToken(refreshToken: $token) {
+      ${SESSION_FIELDS} } }`, { token: state.refresh }, null);
+    const renewed = body.data?.result;
+    if (!renewed?.accessToken) return false;
+    setToken(renewed.accessToken, renewed.refreshToken);
+    return true;
+  })().finally(() => { state.renewal = null; });
+  return state.renewal;
 }
 
 async function gql(query, variables = {}) {
   try {
-    let body = await post(query, variables);
-    if (state.token && refusedForToken(body) && await renewSession()) body = await post(query, variables);
+    const token = state.token;
+    let body = await post(query, variables, token);
+    // Already renewed by another call while this one was out: only sent again.
+    if (token && refusedForToken(body) && (state.token !== token || await renewSession())) {
+      body = await post(query, variables);
+    }
     if (body.errors?.length) showMessages(body.errors.map((error) => error.message));
     return body.data ?? null;
   } catch (error) {
@@ -209,15 +235,15 @@ async function loadHold(eventId) {
 
 async function loadEvents() {
   const data = await gql(`query { events(first: 50) { edges { node {
-    id name startsAt status availableSeats venue { name city } } } } }`);
+    id name startsAt status availableSeats venue { name city timezone } } } } }`);
   const events = data ? data.events.edges.map((edge) => edge.node) : [];
   $("#event-list").replaceChildren(...(events.length ? events.map((event) => h("li", {},
     h("a", { href: `#event/${event.id}`, class: "event", "data-event-id": event.id },
       h("strong", {}, event.name),
       h("span", {}, `${event.venue.name}, ${event.venue.city}`),
-      h("span", {}, new Date(event.startsAt).toLocaleString()),
+      h("span", {}, when(event.startsAt, event.venue.timezone)),
       h("span", {}, h("span", { class: "avail" }, String(event.availableSeats)), " left · ",
-        h("span", { class: "status" }, event.status))))) : [h("li", {}, "No events on sale.")]));
+        h("span", { class: "status" }, statusText(event.status)))))) : [h("li", {}, "No events on sale.")]));
 }
 
 // The event with every one of its seats; null when it is gone. Later pages may be newer than
@@ -236,6 +262,7 @@ async function readEvent(id) {
 }
 
 async function openEvent(id) {
+  if (state.event && state.event.id !== id) clearMessages();  // the last event's news is not this one's
   state.selected.clear();
   const event = await readEvent(id);
   if (!event) {
@@ -246,7 +273,9 @@ async function openEvent(id) {
   $("#event-detail").hidden = false;
   $("#event-name").textContent = event.name;
   $("#event-meta").textContent = `${event.venue.name}, ${event.venue.city} · `
-    + `${new Date(event.startsAt).toLocaleString()}${event.seatMap ? "" : ` · ${money(event.priceCents, event.currency)}`}`;
+    + `${when(event.startsAt, event.venue.timezone)}${event.seatMap ? "" : ` · ${money(event.priceCents, event.currency)}`}`;
+  $("#event-description").textContent = event.description ?? "";
+  $("#event-description").hidden = !event.description;
   $("#seat-area").hidden = !event.seatMap;
   $("#ga-picker").hidden = Boolean(event.seatMap);
   $("#quantity").max = event.maxTicketsPerBooking;
@@ -269,11 +298,11 @@ function showAvailability(available, status) {
   state.event.availableSeats = available;
   state.event.status = status;
   $("#available-seats").textContent = String(available);
-  $("#event-status").textContent = status.replace("_", " ").toLowerCase();
+  $("#event-status").textContent = statusText(status);
   const listed = document.querySelector(`#event-list [data-event-id="${CSS.escape(state.event.id)}"]`);
   if (listed) {
     listed.querySelector(".avail").textContent = String(available);
-    listed.querySelector(".status").textContent = status;
+    listed.querySelector(".status").textContent = statusText(status);
   }
   updateControls();
 }
@@ -295,23 +324,34 @@ function renderSeats(seats) {
     rows.get(seat.row).push(seat);
   }
   const mine = holdSeatIds();
+  const taken = [];
   const blocks = [...sections].map(([name, rows]) => h("div", { class: "section" },
-    h("h3", {}, name),
+    h("h3", {}, name, " ", h("span", { class: "section-price" }, sectionPrice([...rows.values()].flat()))),
     [...rows].map(([row, rowSeats]) => h("div", { class: "row" },
       h("span", { class: "row-label", "aria-hidden": "true" }, row),
       rowSeats.sort((a, b) => a.number - b.number).map((seat) => {
         const el = h("button", { type: "button", class: "seat", "data-seat-id": seat.id }, String(seat.number));
         const entry = { seat, el };
         state.seats.set(seat.id, entry);
-        paintSeat(entry, mine);
+        paintSeat(entry, mine, taken);
         return el;
       })))));
   $("#seat-map").replaceChildren(...blocks);
   $("#seat-map").dataset.version = String(state.version);
+  announceTaken(taken);
 }
 
-function paintSeat({ seat, el }, mine = holdSeatIds()) {
-  if (seat.status !== "AVAILABLE") state.selected.delete(seat.id);
+function sectionPrice(seats) {
+  const prices = seats.map((seat) => seat.priceCents);
+  const low = Math.min(...prices);
+  const price = money(low, state.event.currency);
+  return low === Math.max(...prices) ? price : `from ${price}`;
+}
+
+// A selected seat someone else took is dropped from the selection: `taken` collects its label,
+// for announceTaken to tell the buyer.
+function paintSeat({ seat, el }, mine = holdSeatIds(), taken = []) {
+  if (seat.status !== "AVAILABLE" && state.selected.delete(seat.id) && !state.reserving) taken.push(seat.label);
   const isMine = mine.has(seat.id);
   el.dataset.status = seat.status;
   el.classList.toggle("mine", isMine);
@@ -329,11 +369,17 @@ const repaintSeats = () => {
   updateControls();
 };
 
+function announceTaken(labels) {
+  if (!labels.length) return;
+  const which = labels.length === 1 ? `Seat ${labels[0]} was` : `Seats ${labels.join(", ")} were`;
+  showMessages([`${which} just taken by someone else and removed from your selection.`]);
+}
+
 function toggleSeat(button) {
   const id = button.dataset.seatId;
   if (state.selected.has(id)) state.selected.delete(id);
   else if (state.selected.size >= state.event.maxTicketsPerBooking) {
-    showMessages([`At most ${state.event.maxTicketsPerBooking} tickets per booking.`]);
+    showMessages([ticketLimit(state.event)]);
     return;
   } else state.selected.add(id);
   button.setAttribute("aria-pressed", String(state.selected.has(id)));
@@ -425,12 +471,15 @@ function applyAvailability(update) {
     return;
   }
   let unknownSeat = false;
+  const mine = holdSeatIds();
+  const taken = [];
   for (const change of update.changedSeats) {
     const entry = state.seats.get(change.seatId);
     if (!entry) { unknownSeat = true; continue; }
     entry.seat.status = change.status;
-    paintSeat(entry);
+    paintSeat(entry, mine, taken);
   }
+  announceTaken(taken);
   state.version = update.version;
   $("#seat-map").dataset.version = String(state.version);
   updateControls();
@@ -545,11 +594,16 @@ function updateControls() {
   const button = $("#reserve-btn");
   const hint = $("#reserve-hint");
   if (!event) return;
+  // Said up front, and the reason Reserve is off for too many: before the browser's own warning.
+  const limit = ticketLimit(event);
+  $("#ticket-limit").textContent = limit;
+  const quantity = Number($("#quantity").value);
   let reason = "";
   if (!state.token) reason = "Sign in to reserve.";
   else if (event.status !== "ON_SALE") reason = "This event is not on sale.";
   else if (queueBlocks()) reason = "Wait for your turn in the queue.";
   else if (event.seatMap && state.selected.size === 0) reason = "Pick seats on the map.";
+  else if (!event.seatMap && !(quantity >= 1 && quantity <= event.maxTicketsPerBooking)) reason = limit;
   button.disabled = Boolean(reason);
   if (reason) hint.textContent = reason;
   else if (event.seatMap) {
@@ -558,13 +612,28 @@ function updateControls() {
   } else hint.textContent = `${money(event.priceCents, event.currency)} each`;
 }
 
+// A cap per buyer above what is left caps nothing, so it goes unsaid.
+function ticketLimit(event) {
+  const perBooking = event.maxTicketsPerBooking;
+  const perUser = event.maxTicketsPerUser;
+  if (perUser === perBooking) return `Up to ${perBooking} tickets per person.`;
+  const total = perUser < event.availableSeats ? `, ${perUser} per person in all` : "";
+  return `Up to ${perBooking} tickets per booking${total}.`;
+}
+
 async function reserve() {
   const event = state.event;
   const input = { eventId: event.id };
   if (event.seatMap) input.seatIds = [...state.selected];
   else input.quantity = Number($("#quantity").value);
-  const payload = await mutate(`mutation($input: ReserveInput!) { result: reserveSeats(input: $input) {
-    ${BOOKING_FIELDS} } }`, input, $("#reserve-btn"));
+  state.reserving = true;
+  let payload;
+  try {
+    payload = await mutate(`mutation($input: ReserveInput!) { result: reserveSeats(input: $input) {
+      ${BOOKING_FIELDS} } }`, input, $("#reserve-btn"));
+  } finally {
+    state.reserving = false;
+  }
   if (!payload) return;
   state.selected.clear();
   setHold(payload.booking);
@@ -572,7 +641,7 @@ async function reserve() {
 
 async function pay() {
   const payload = await mutate(`mutation($input: ConfirmInput!) { result: confirmBooking(input: $input) {
-    ${BOOKING_FIELDS} } }`, { bookingId: state.hold.id, paymentToken: "tok_visa" }, $("#pay-btn"));
+    ${BOOKING_FIELDS} } }`, { bookingId: state.hold.id, paymentToken: $("#test-card").value }, $("#pay-btn"));
   if (!payload) return;
   setHold(payload.booking);
   showMessages([`Paid: booking ${payload.booking.reference} is confirmed.`], "info");
@@ -603,7 +672,8 @@ function renderHold() {
     + `${money(hold.totalCents, hold.currency)}`;
   $("#hold").dataset.status = hold.status;
   $("#hold-status").textContent = hold.status.toLowerCase();
-  $("#pay-btn").hidden = hold.status !== "PENDING";
+  $("#payment").hidden = hold.status !== "PENDING";
+  $("#pay-btn").textContent = `Pay ${money(hold.totalCents, hold.currency)}`;
   $("#cancel-btn").hidden = !["PENDING", "CONFIRMED"].includes(hold.status);
   $("#ticket").hidden = !hold.ticketUrl;
   if (hold.ticketUrl) $("#ticket-link").href = hold.ticketUrl;
