@@ -116,9 +116,12 @@ async def run(args: argparse.Namespace) -> int:
         await server.wait_ready()
         pids = worker_pids(server.pid, args.workers)
         async with Client(server.base_url, 2) as client:
-            status, body = await client.raw(body_of(REGISTER, {"e": f"fanout-{port}@example.com"}),
-                                            headers_for(None))
-            token = body["data"]["register"]["accessToken"]
+            # A buyer per change: one buyer may hold only a few places of the event.
+            tokens = []
+            for change in range(args.changes):
+                status, body = await client.raw(body_of(REGISTER, {"e": f"fanout-{port}-{change}@example.com"}),
+                                                headers_for(None))
+                tokens.append(body["data"]["register"]["accessToken"])
             await asyncio.sleep(1)
             before = resident_kib(pids)
 
@@ -146,7 +149,7 @@ async def run(args: argparse.Namespace) -> int:
             meter = CpuMeter({"app server": [server.pid]})
             meter.start()
             sends: list[float] = []
-            for _ in range(args.changes):
+            for token in tokens:
                 sends.append(time.perf_counter())
                 status, body = await client.raw(body_of(RESERVE, {"id": str(EVENT_ID)}), headers_for(token))
                 if status != 200 or body["data"]["reserveSeats"]["errors"]:
