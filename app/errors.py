@@ -6,6 +6,7 @@ Services raise them; the GraphQL layer maps them to `UserError` in one place
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
 
@@ -63,6 +64,16 @@ class DomainError(Exception):
 
 def invalid_input(field: str, message: str) -> DomainError:
     return DomainError(ErrorCode.INVALID_INPUT, message, field=field)
+
+
+def chosen_from(field: str, given: Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
+    """A non-empty choice among `allowed` (scopes, event types, ...), each once, sorted."""
+    if not given:
+        raise invalid_input(field, f"Give at least one of the {what}")
+    unknown = set(given) - set(allowed)
+    if unknown:
+        raise invalid_input(field, f"Unknown {what}: {', '.join(sorted(unknown))}")
+    return sorted(set(given))
 
 
 def not_found(what: str) -> DomainError:

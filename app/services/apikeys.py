@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import DomainError, ErrorCode, invalid_input, not_found
+from app.errors import DomainError, ErrorCode, chosen_from, invalid_input, not_found
 from app.models import ApiKey, ApiScope, Role, User, utcnow
 from app.services.accounts import Identity, KeyGrant
 
@@ -47,15 +47,6 @@ def _new_secret() -> tuple[str, str]:
     return prefix, f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
 
 
-def _check_scopes(scopes: Sequence[str]) -> list[str]:
-    if not scopes:
-        raise invalid_input("scopes", "Give at least one scope")
-    unknown = set(scopes) - set(ApiScope.ALL)
-    if unknown:
-        raise invalid_input("scopes", f"Unknown scopes: {', '.join(sorted(unknown))}")
-    return sorted(set(scopes))
-
-
 async def create_key(session: AsyncSession, *, name: str, scopes: Sequence[str], expires_at: datetime | None,
                      rate_limit_per_minute: int | None, default_rate_limit: int, created_by: int,
                      now: datetime | None = None) -> tuple[ApiKey, str]:
@@ -64,7 +55,7 @@ async def create_key(session: AsyncSession, *, name: str, scopes: Sequence[str],
     name = name.strip()
     if not name or len(name) > MAX_NAME_LENGTH:
         raise invalid_input("name", f"name must be 1 to {MAX_NAME_LENGTH} characters")
-    checked = _check_scopes(scopes)
+    checked = chosen_from("scopes", scopes, ApiScope.ALL, "scopes")
     if expires_at is not None and expires_at <= now:
         raise invalid_input("expiresAt", "expiresAt must be in the future")
     rate = default_rate_limit if rate_limit_per_minute is None else rate_limit_per_minute

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import DomainError, ErrorCode, invalid_input, not_found, parse_id
+from app.errors import DomainError, ErrorCode, chosen_from, invalid_input, not_found, parse_id
 from app.models import Booking, DeliveryStatus, Role, User, WebhookDelivery, WebhookEndpoint, utcnow
 from app.services.accounts import Identity
 
@@ -113,15 +113,6 @@ async def check_target(url: str, *, allow_private: bool) -> None:
 
 # --- endpoints ----------------------------------------------------------------------------
 
-def _check_events(events: Sequence[str]) -> list[str]:
-    if not events:
-        raise invalid_input("events", "Subscribe to at least one event type")
-    unknown = set(events) - set(WebhookEvent.ALL)
-    if unknown:
-        raise invalid_input("events", f"Unknown event types: {', '.join(sorted(unknown))}")
-    return sorted(set(events))
-
-
 async def create_endpoint(session: AsyncSession, *, owner_id: int, url: str, events: Sequence[str],
                           description: str | None, allow_private: bool) -> tuple[WebhookEndpoint, str]:
     """A new endpoint and its signing secret (shown this once)."""
@@ -134,7 +125,7 @@ async def create_endpoint(session: AsyncSession, *, owner_id: int, url: str, eve
         raise invalid_input("url", str(refused)) from None
     if description is not None and len(description) > MAX_DESCRIPTION_LENGTH:
         raise invalid_input("description", f"description must be at most {MAX_DESCRIPTION_LENGTH} characters")
-    checked = _check_events(events)
+    checked = chosen_from("events", events, WebhookEvent.ALL, "event types")
     owned = await session.scalar(select(func.count()).select_from(WebhookEndpoint)
                                  .where(WebhookEndpoint.owner_id == owner_id, WebhookEndpoint.deleted_at.is_(None)))
     if (owned or 0) >= MAX_ENDPOINTS_PER_OWNER:
