@@ -247,6 +247,13 @@ def binary(name: str) -> str:
     return found
 
 
+async def terminate(process: subprocess.Popen[bytes] | None) -> None:
+    """Stop a helper program the test started, if it still runs."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        await asyncio.to_thread(process.wait)
+
+
 class PgBouncerProcess:
     """PgBouncer in transaction pooling on a free port, in front of the test PostgreSQL: every
     database name is passed through, `pool_size` server connections per database."""
@@ -283,9 +290,7 @@ class PgBouncerProcess:
                 await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            await asyncio.to_thread(self.process.wait)
+        await terminate(self.process)
 
 
 class HAProxyProcess:
@@ -323,9 +328,7 @@ class HAProxyProcess:
                     await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            await asyncio.to_thread(self.process.wait)
+        await terminate(self.process)
 
 
 class Subscription:

@@ -68,6 +68,24 @@ async def open_page(browser: Browser, problems: list[str], locale: str | None = 
     return context, page
 
 
+async def register_on_page(page: Page, name: str) -> None:
+    """Sign up through the page's form, as a buyer would, and wait until it shows the buyer."""
+    email = f"{name.lower()}@example.com"
+    await page.fill("#auth-email", email)
+    await page.fill("#auth-password", "correct horse battery")
+    await page.fill("#auth-name", name)
+    await page.click("#register-btn")
+    await page.wait_for_selector(f"#user-name:text('{name} ({email})')")
+
+
+async def outlive_access_token(page: Page) -> str:
+    """Wait until the page's access token has expired (tests give it a short lifetime); that token."""
+    token = await page.evaluate("sessionStorage.getItem('bme.token')")
+    expires_at = jwt.decode(token, options={"verify_signature": False})["exp"]
+    await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.5)
+    return str(token)
+
+
 async def test_seat_map_follows_another_browser_live(settings: Settings,
                                                      sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     require_chromium()
@@ -166,14 +184,8 @@ async def test_a_page_left_open_past_its_access_token_still_reserves(
         try:
             _, page = await open_page(browser, problems)
             await page.goto(f"http://{address}/#event/{event.id}")
-            await page.fill("#auth-email", "late@example.com")
-            await page.fill("#auth-password", "correct horse battery")
-            await page.fill("#auth-name", "Late")
-            await page.click("#register-btn")
-            await page.wait_for_selector("#user-name:text('Late (late@example.com)')")
-            first = await page.evaluate("sessionStorage.getItem('bme.token')")
-            expires_at = jwt.decode(first, options={"verify_signature": False})["exp"]
-            await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.5)  # the token's own lifetime
+            await register_on_page(page, "Late")
+            first = await outlive_access_token(page)
             # The reserve is refused for the expired token, renewed, and sent again: the buyer
             # sees only the hold.
             await page.click(seat_in)

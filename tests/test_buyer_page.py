@@ -6,13 +6,10 @@ tests/test_browser.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
-import jwt
 import pytest
 from playwright.async_api import BrowserContext, async_playwright
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,7 +18,17 @@ from app.settings import Settings
 from app.web import create_app
 from tests.factories import SMALL_SEAT_MAP, make_event, make_user, token_for
 from tests.servers import serve_in_process
-from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, open_page, require_chromium, seat_id
+from tests.test_browser import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TIMEOUT_MS,
+    open_page,
+    outlive_access_token,
+    register_on_page,
+    require_chromium,
+    seat_id,
+)
 
 PHONE = {"width": 390, "height": 844}
 
@@ -46,11 +53,7 @@ async def test_bought_tickets_survive_a_reload_on_a_phone(settings: Settings,
             page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
             page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
             await page.goto(f"http://{address}/#event/{event.id}")
-            await page.fill("#auth-email", "phone@example.com")
-            await page.fill("#auth-password", "correct horse battery")
-            await page.fill("#auth-name", "Phone")
-            await page.click("#register-btn")
-            await page.wait_for_selector("#user-name:text('Phone (phone@example.com)')")
+            await register_on_page(page, "Phone")
             await page.fill("#quantity", "2")
             await page.click("#reserve-btn")
             await page.wait_for_selector('#hold[data-status="PENDING"]')
@@ -181,14 +184,8 @@ async def test_a_reload_after_the_access_token_expired_stays_signed_in(
         try:
             _, page = await open_page(browser, problems)
             await page.goto(f"http://{address}/#event/{event.id}")
-            await page.fill("#auth-email", "encore@example.com")
-            await page.fill("#auth-password", "correct horse battery")
-            await page.fill("#auth-name", "Encore")
-            await page.click("#register-btn")
-            await page.wait_for_selector("#user-name:text('Encore (encore@example.com)')")
-            first = await page.evaluate("sessionStorage.getItem('bme.token')")
-            expires_at = jwt.decode(first, options={"verify_signature": False})["exp"]
-            await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.5)  # the token's own lifetime
+            await register_on_page(page, "Encore")
+            first = await outlive_access_token(page)
 
             await page.reload()
             await page.wait_for_selector("#user-name:text('Encore (encore@example.com)')")
