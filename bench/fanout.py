@@ -33,6 +33,7 @@ from redis import asyncio as aioredis
 
 from bench import wsclient
 from bench.harness import (
+    REDIS_PREFIX,
     REDIS_URL,
     Client,
     Server,
@@ -83,7 +84,7 @@ class Commits:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._pubsub.subscribe(CHANNEL)
+        await self._pubsub.subscribe(REDIS_PREFIX + CHANNEL)
         self._task = asyncio.create_task(self._listen())
 
     async def _listen(self) -> None:

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.flash_sale [--workers N] [--quick] [--rate R] ...
 
-Creates its own database (bookmyevent_bench, dropped and recreated), migrates it, creates an
+Creates its own database (bookmyevent_bench or $BENCH_DATABASE, dropped and recreated), migrates it, creates an
 admin, starts `bookmyevent serve` as a subprocess (always stopped at the end), sets up events
 and buyers through GraphQL, then runs:
 

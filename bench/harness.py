@@ -26,7 +26,10 @@ import aiohttp
 import asyncpg
 
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
-DB_NAME = "bookmyevent_bench"
+# BENCH_DATABASE: a database of its own for a second benchmark running beside the first
+# (its Redis keys and channels are kept apart too, under the same name).
+DB_NAME = os.environ.get("BENCH_DATABASE", "bookmyevent_bench")
+REDIS_PREFIX = f"{DB_NAME}:"  # the server's REDIS_PREFIX: channels on the wire carry it
 ASYNCPG_DSN = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{DB_NAME}"
 DATABASE_URL = f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{DB_NAME}"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -47,6 +50,7 @@ def server_env(port: int, workers: int) -> dict[str, str]:
     env.update({
         "DATABASE_URL": DATABASE_URL,
         "REDIS_URL": REDIS_URL,
+        "REDIS_PREFIX": REDIS_PREFIX,
         "JWT_SECRET": JWT_SECRET,
         "HOST": "127.0.0.1",
         "PORT": str(port),

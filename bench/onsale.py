@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.onsale [--quick] [--buyers N] [--places P] [--admit-per-minute R] ...
 
-Creates its own database (bookmyevent_bench, dropped and recreated), starts `bookmyevent serve`
-(`--workers` 2, admission every `--admission-interval` s, rate limits lifted), writes the
+Creates its own database (bookmyevent_bench or $BENCH_DATABASE, dropped and recreated), starts
+`bookmyevent serve` (`--workers` 2, admission every `--admission-interval` s, rate limits lifted), writes the
 buyers straight into `users` and signs their access tokens with the server's secret (20,000
 registrations through argon2 would take minutes), then creates an event of `--places` places
 with a waiting room (`--admit-per-minute`) and `salesStartAt` `--early-seconds` after the
@@ -107,7 +107,7 @@ class QueueMessages:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._pubsub.subscribe(queue_channel(self.sale.event_id))
+        await self._pubsub.subscribe(harness.REDIS_PREFIX + queue_channel(self.sale.event_id))
         self._task = asyncio.create_task(self._listen())
 
     async def _listen(self) -> None:
