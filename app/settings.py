@@ -67,6 +67,7 @@ class Settings:
     queue_join_rate_limit_per_minute: int = 10  # joinQueue per user
     queue_join_ip_rate_limit_per_minute: int = 60  # joinQueue per client IP (several buyers behind one NAT)
     queue_status_interval_seconds: float = 5.0  # queueStatus: position pushes per subscriber at most this often
+    queue_position_max_age_seconds: float = 1.0  # queue positions: each instance reads an event's order this often
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -170,6 +171,7 @@ _FIELDS = {
     "QUEUE_JOIN_RATE_LIMIT_PER_MINUTE": ("queue_join_rate_limit_per_minute", int),
     "QUEUE_JOIN_IP_RATE_LIMIT_PER_MINUTE": ("queue_join_ip_rate_limit_per_minute", int),
     "QUEUE_STATUS_INTERVAL_SECONDS": ("queue_status_interval_seconds", float),
+    "QUEUE_POSITION_MAX_AGE_SECONDS": ("queue_position_max_age_seconds", float),
     "HOST": ("host", str),
     "PORT": ("port", int),
     "WORKERS": ("workers", int),

@@ -41,7 +41,8 @@ _skipped_services: set[str] = set()
 
 def base_settings(**overrides: Any) -> Settings:
     """Settings for tests: cheap argon2, a real secret, the sweeper and admission jobs effectively off, rate
-    limits out of the way (their own tests set them)."""
+    limits out of the way (their own tests set them), queue positions read fresh every time (their
+    sharing has its own test)."""
     values: dict[str, Any] = dict(jwt_secret=JWT_SECRET, redis_prefix=REDIS_PREFIX,
                                   argon2_time_cost=1, argon2_memory_cost=1024,
                                   sweep_interval_seconds=3600.0, admission_interval_seconds=3600.0,
@@ -49,7 +50,7 @@ def base_settings(**overrides: Any) -> Settings:
                                   queue_join_ip_rate_limit_per_minute=10_000,
                                   mutation_rate_limit_per_minute=10_000, login_rate_limit_per_minute=10_000,
                                   login_ip_rate_limit_per_minute=10_000, login_account_rate_limit_per_minute=10_000,
-                                  query_rate_limit_per_minute=10_000)
+                                  query_rate_limit_per_minute=10_000, queue_position_max_age_seconds=0)
     values.update(overrides)
     return Settings(**values)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from playwright.async_api import async_playwright
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -182,8 +183,9 @@ async def test_early_joiners_are_admitted_in_random_order_then_later_joiners_in_
     late = await make_users(sessionmaker, 20)
     for i, user in enumerate(late):
         await join(sessionmaker, event.id, [user.id], now=start + timedelta(milliseconds=10 * (i + 1)))
+    orders = queue.WaitingOrders(sessionmaker, max_age_seconds=0)
     async with sessionmaker() as session:
-        positions = [(await queue.view(session, ticket)).position for ticket in await session.scalars(
+        positions = [(await orders.view(ticket)).position for ticket in await session.scalars(
             select(QueueTicket).where(QueueTicket.user_id.in_([u.id for u in late])).order_by(QueueTicket.id))]
     assert positions == list(range(early_count + 1, early_count + 21))  # behind every early joiner, in order
 
@@ -277,6 +279,64 @@ async def test_queue_status_sends_the_ticket_then_the_admission_at_once(
             booking { status } errors { code } } }""", {"input": {"eventId": str(event.id), "quantity": 1}},
                               token))["reserveSeats"]
         assert reserved == {"booking": {"status": "PENDING"}, "errors": []}
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_positions_come_from_one_shared_read_of_the_queue_order_at_most_max_age_old(
+        engine: Any, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await sale(sessionmaker, admit_per_minute=30)
+    users = await make_users(sessionmaker, 4)
+    await join(sessionmaker, event.id, [user.id for user in users[:3]])
+    reads: list[str] = []
+
+    def count_order_reads(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if re.match(r"SELECT queue_tickets\.rank, queue_tickets\.id\s+FROM", statement):
+            reads.append(statement)
+
+    clock = [100.0]
+    orders = queue.WaitingOrders(sessionmaker, max_age_seconds=5, clock=lambda: clock[0])
+    async with sessionmaker() as session:
+        first, _, third = (await session.scalars(select(QueueTicket).where(QueueTicket.event_id == event.id)
+                                                 .order_by(QueueTicket.rank, QueueTicket.id))).all()
+    sqlalchemy_event.listen(engine.sync_engine, "before_cursor_execute", count_order_reads)
+    try:
+        views = await asyncio.gather(*(orders.view(third) for _ in range(50)))
+        assert {(view.position, view.estimated_wait_seconds) for view in views} == {(3, 6)}
+        assert len(reads) == 1  # fifty buyers asking at once: one read of the order
+        async with sessionmaker() as session:
+            await queue.leave(session, user_id=first.user_id, event_id=event.id)
+            await session.commit()
+        await join(sessionmaker, event.id, [users[3].id])
+        async with sessionmaker() as session:
+            fourth = await queue.ticket_of(session, user_id=users[3].id, event_id=event.id)
+        assert fourth is not None
+        clock[0] += 5  # still within the age: the order read before
+        assert ((await orders.view(third)).position, (await orders.view(fourth)).position) == (3, 4)
+        assert len(reads) == 1
+        clock[0] += 0.01  # older than that: read again, and everyone ahead who left is gone
+        assert ((await orders.view(third)).position, (await orders.view(fourth)).position) == (2, 3)
+        assert len(reads) == 2
+    finally:
+        sqlalchemy_event.remove(engine.sync_engine, "before_cursor_execute", count_order_reads)
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_leaving_and_joining_again_reach_the_buyers_own_stream_at_once(
+        redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await sale(sessionmaker, admit_per_minute=6)
+    ahead, user = await make_users(sessionmaker, 2)
+    await join(sessionmaker, event.id, [ahead.id, user.id])
+    token = token_for(user, settings)
+    # Position pushes are an hour apart: only a message naming the buyer can move the stream.
+    async with served(replace(settings, redis_url=redis_url, queue_status_interval_seconds=3600)) \
+            as (_, ws_url, gql), subscribe(ws_url, QUEUE_STATUS, {"id": str(event.id)}, token=token) as sub:
+        first = (await sub.next())["queueStatus"]
+        assert (first["status"], first["position"]) == ("WAITING", 2)
+        await gql("mutation($id: ID!) { leaveQueue(eventId: $id) { ticket { status } } }", {"id": str(event.id)}, token)
+        assert (await sub.next())["queueStatus"]["status"] == "LEFT"
+        await gql(JOIN, {"id": str(event.id)}, token)  # back in, at the back
+        again = (await sub.next())["queueStatus"]
+        assert (again["status"], again["position"]) == ("WAITING", 2)
 
 
 # --- the API ------------------------------------------------------------------------------------------

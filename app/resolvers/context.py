@@ -13,7 +13,7 @@ from strawberry.dataloader import DataLoader
 from app.errors import DomainError, ErrorCode
 from app.models import ApiScope, Booking, Event, Seat, Ticket, User, Venue, utcnow
 from app.pubsub import Broker
-from app.services import bookings, inventory
+from app.services import bookings, inventory, queue
 from app.services.accounts import Identity
 from app.services.batching import ReserveBatcher
 from app.services.bookings import HoldTimes
@@ -41,6 +41,8 @@ class AppServices:
         # older than their request.
         self.availability: DataLoader[int, dict[str, Any] | None] = DataLoader(self._availability, cache=False)
         self.batcher = ReserveBatcher(self.sessionmaker, holds=self.hold_times, publish=self.broker.publish_all)
+        self.queue_orders = queue.WaitingOrders(self.sessionmaker,
+                                                max_age_seconds=self.settings.queue_position_max_age_seconds)
 
     async def _availability(self, event_ids: Sequence[int]) -> list[dict[str, Any] | None]:
         async with self.sessionmaker() as session:

@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import metrics
+from app import metrics, models
 from app.errors import DomainError, ErrorCode, id_or_none, parse_id
 from app.models import QueueStatus
 from app.resolvers.base import run_mutation
@@ -17,10 +17,13 @@ from app.schema.queue import QueuePayload, QueueTicket, WaitingRoomInput
 from app.services import queue
 
 
-async def _current(info: strawberry.Info, user_id: int, event_id: int) -> QueueTicket | None:
+async def _read_ticket(info: strawberry.Info, user_id: int, event_id: int) -> models.QueueTicket | None:
     async with info.context.read_session() as session:
-        ticket = await queue.ticket_of(session, user_id=user_id, event_id=event_id)
-        return QueueTicket.from_view(await queue.view(session, ticket)) if ticket else None
+        return await queue.ticket_of(session, user_id=user_id, event_id=event_id)
+
+
+async def _view(info: strawberry.Info, ticket: models.QueueTicket, session: AsyncSession | None = None) -> QueueTicket:
+    return QueueTicket.from_view(await info.context.services.queue_orders.view(ticket, session))
 
 
 @strawberry.type
@@ -31,7 +34,8 @@ class QueueQuery:
         if info.context.identity is None or parsed is None:
             return None
         identity = info.context.require_user()  # no API key scope covers the waiting room
-        return await _current(info, identity.user_id, parsed)
+        ticket = await _read_ticket(info, identity.user_id, parsed)
+        return await _view(info, ticket) if ticket else None
 
 
 @strawberry.type
@@ -41,7 +45,7 @@ class QueueMutation:
         async def work(session: AsyncSession) -> QueuePayload:
             identity = info.context.require_user()
             ticket = await queue.join(session, user_id=identity.user_id, event_id=parse_id(event_id, "eventId"))
-            return QueuePayload(ticket=QueueTicket.from_view(await queue.view(session, ticket)))
+            return QueuePayload(ticket=await _view(info, ticket, session))
         settings = info.context.settings
         return await run_mutation(info, QueuePayload, work, limits=[
             (f"queue-join:{info.context.caller_key}", settings.queue_join_rate_limit_per_minute),
@@ -52,7 +56,7 @@ class QueueMutation:
         async def work(session: AsyncSession) -> QueuePayload:
             identity = info.context.require_user()
             ticket = await queue.leave(session, user_id=identity.user_id, event_id=parse_id(event_id, "eventId"))
-            return QueuePayload(ticket=QueueTicket.from_view(await queue.view(session, ticket)))
+            return QueuePayload(ticket=await _view(info, ticket, session))
         return await run_mutation(info, QueuePayload, work)
 
     @strawberry.mutation(description="Admin only. Set, change or pause the event's waiting room; null removes it.")
@@ -80,22 +84,25 @@ class QueueSubscription:
         sent = metrics.SUBSCRIPTION_MESSAGES.labels("queueStatus")
         async with info.context.services.broker.subscribe(queue.queue_channel(parsed),
                                                           queue.merge_queue_messages) as inbox:
-            current = await _current(info, identity.user_id, parsed)
-            if current is None:
+            ticket = await _read_ticket(info, identity.user_id, parsed)
+            if ticket is None:
                 raise DomainError(ErrorCode.NOT_FOUND, "No place in this queue: join it with joinQueue")
+            current = await _view(info, ticket)
             sent.inc()
             yield current
             sent_at = time.monotonic()
             while True:
                 delivery = await inbox.next()
                 info.context.require_user()  # a private stream ends with the caller's token
-                only_moved = delivery is not None and identity.user_id not in delivery.message["users"] \
-                    and not delivery.message["soldOut"]
-                # Only the position moved: worth a read (and a message) every `interval` at most.
-                if only_moved and (current.status != QueueStatus.WAITING or time.monotonic() - sent_at < interval):
+                if delivery is None or identity.user_id in delivery.message["users"] or delivery.message["soldOut"]:
+                    # This ticket changed (or messages were missed): read it again.
+                    ticket = await _read_ticket(info, identity.user_id, parsed)
+                # Only the queue moved: a new position (from the shared order, no read of the
+                # ticket) is worth a message every `interval` at most.
+                elif ticket is None or ticket.status != QueueStatus.WAITING or time.monotonic() - sent_at < interval:
                     continue
-                ticket = await _current(info, identity.user_id, parsed)
-                if ticket is not None and ticket != current:
-                    current, sent_at = ticket, time.monotonic()
+                latest = await _view(info, ticket) if ticket else None
+                if latest is not None and latest != current:
+                    current, sent_at = latest, time.monotonic()
                     sent.inc()
-                    yield ticket
+                    yield latest

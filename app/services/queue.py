@@ -10,16 +10,19 @@ so any number of admitters together keep the room's rate.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import math
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import DomainError, ErrorCode, invalid_input, not_found
 from app.models import Booking, BookingStatus, Event, EventStatus, QueueStatus, QueueTicket, WaitingRoom, utcnow
@@ -132,18 +135,27 @@ async def join(session: AsyncSession, *, user_id: int, event_id: int, now: datet
         dialect.insert(QueueTicket)
         .values(event_id=event_id, user_id=user_id, status=QueueStatus.WAITING, rank=rank, joined_at=now)
         .on_conflict_do_nothing(index_elements=["event_id", "user_id"])
-        .returning(QueueTicket.id))
+        .returning(QueueTicket))
+    if inserted is not None:
+        return inserted
     ticket = await session.scalar(
         select(QueueTicket).where(QueueTicket.event_id == event_id, QueueTicket.user_id == user_id)
         .with_for_update().execution_options(populate_existing=True))
     assert ticket is not None
-    gone = ticket.status in (QueueStatus.LEFT, QueueStatus.LAPSED) or (
-        ticket.status == QueueStatus.ADMITTED and ticket.admitted_until is not None and ticket.admitted_until <= now)
-    if inserted is None and gone:
+    lapsed = ticket.status == QueueStatus.ADMITTED and ticket.admitted_until is not None \
+        and ticket.admitted_until <= now
+    if ticket.status in (QueueStatus.LEFT, QueueStatus.LAPSED) or lapsed:
         ticket.status, ticket.rank, ticket.joined_at = QueueStatus.WAITING, rank, now
         ticket.admitted_at = ticket.admitted_until = None
         await session.flush()
+        _record_change(session, ticket)
     return ticket
+
+
+def _record_change(session: AsyncSession, ticket: QueueTicket) -> None:
+    """Tell the buyer's own queueStatus streams (on any instance) that their ticket changed."""
+    outbox.record(session, queue_channel(ticket.event_id),
+                  {"eventId": ticket.event_id, "users": [ticket.user_id], "soldOut": False})
 
 
 def _rank(event: Event, now: datetime) -> int:
@@ -163,6 +175,7 @@ async def leave(session: AsyncSession, *, user_id: int, event_id: int) -> QueueT
         ticket.status = QueueStatus.LEFT
         ticket.admitted_until = None
         await session.flush()
+        _record_change(session, ticket)
     return ticket
 
 
@@ -172,16 +185,69 @@ async def ticket_of(session: AsyncSession, *, user_id: int, event_id: int) -> Qu
         .execution_options(populate_existing=True))
 
 
-async def view(session: AsyncSession, ticket: QueueTicket) -> TicketView:
-    if ticket.status != QueueStatus.WAITING:
-        return TicketView(ticket, None, None)
-    ahead = await session.scalar(select(func.count()).select_from(QueueTicket).where(
-        QueueTicket.event_id == ticket.event_id, QueueTicket.status == QueueStatus.WAITING,
-        or_(QueueTicket.rank < ticket.rank, and_(QueueTicket.rank == ticket.rank, QueueTicket.id < ticket.id))))
-    position = int(ahead or 0) + 1
-    room = await get_room(session, ticket.event_id)
-    wait = None if room is None or room.paused else math.ceil(position * 60 / room.admit_per_minute)
-    return TicketView(ticket, position, wait)
+@dataclass(frozen=True)
+class _Order:
+    keys: list[tuple[int, int]]  # (rank, id) of the WAITING tickets, in queue order
+    admit_per_minute: int | None  # None while paused
+    read_at: float
+
+
+class WaitingOrders:
+    """Where the waiting tickets of each event stand, read at most every `max_age_seconds`
+    per instance and shared by all its requests. A position is then a bisection, not a count
+    of everyone ahead: 20,000 buyers joining, polling and watching would each count up to
+    20,000 rows. A position is at most `max_age_seconds` old; a ticket that joined since the
+    read is placed among the tickets the read saw."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, max_age_seconds: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._sessionmaker = sessionmaker
+        self._max_age = max_age_seconds
+        self._clock = clock
+        self._orders: dict[int, _Order] = {}
+        self._reads: dict[int, asyncio.Lock] = {}
+
+    async def view(self, ticket: QueueTicket, session: AsyncSession | None = None) -> TicketView:
+        """The ticket and where it stands. Give the `session` of a transaction in progress to
+        read the order in it (no second connection, and its own changes are seen)."""
+        if ticket.status != QueueStatus.WAITING:
+            return TicketView(ticket, None, None)
+        order = await self._order(ticket.event_id, session)
+        position = bisect.bisect_left(order.keys, (ticket.rank, ticket.id)) + 1
+        rate = order.admit_per_minute
+        return TicketView(ticket, position, None if rate is None else math.ceil(position * 60 / rate))
+
+    def _fresh(self, event_id: int) -> _Order | None:
+        order = self._orders.get(event_id)
+        return order if order is not None and self._clock() - order.read_at <= self._max_age else None
+
+    async def _order(self, event_id: int, session: AsyncSession | None) -> _Order:
+        if order := self._fresh(event_id):
+            return order
+        # One read at a time per event: those who wait for it use what it read.
+        async with self._reads.setdefault(event_id, asyncio.Lock()):
+            if order := self._fresh(event_id):
+                return order
+            read_at = self._clock()
+            if session is None:
+                async with self._sessionmaker() as own:
+                    keys, rate = await _read_order(own, event_id)
+            else:
+                keys, rate = await _read_order(session, event_id)
+            order = self._orders[event_id] = _Order(keys, rate, read_at)
+            return order
+
+
+async def _read_order(session: AsyncSession, event_id: int) -> tuple[list[tuple[int, int]], int | None]:
+    """The (rank, id) of an event's WAITING tickets in queue order, and its room's rate (None
+    while paused)."""
+    rows = await session.execute(
+        select(QueueTicket.rank, QueueTicket.id)
+        .where(QueueTicket.event_id == event_id, QueueTicket.status == QueueStatus.WAITING)
+        .order_by(QueueTicket.rank, QueueTicket.id))
+    keys = [(rank, ticket_id) for rank, ticket_id in rows]
+    room = await get_room(session, event_id)
+    return keys, None if room is None or room.paused else room.admit_per_minute
 
 
 # --- the reserve path's check ---------------------------------------------------------------
