@@ -68,6 +68,8 @@ class Settings:
     queue_join_ip_rate_limit_per_minute: int = 60  # joinQueue per client IP (several buyers behind one NAT)
     queue_status_interval_seconds: float = 5.0  # queueStatus: position pushes per subscriber at most this often
     queue_position_max_age_seconds: float = 1.0  # queue positions: each instance reads an event's order this often
+    queue_concurrency: int = 8  # waiting-room requests one worker serves at once (the rest wait at a gate)
+    queue_busy_seconds: float = 2.0  # a waiting-room request that waited this long at the gate: RATE_LIMITED
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -149,6 +151,8 @@ class Settings:
             )
         if len(self.jwt_secret) < 32 and self.production:
             raise ConfigurationError("JWT_SECRET must be at least 32 characters long")
+        if self.queue_concurrency < 1:
+            raise ConfigurationError("QUEUE_CONCURRENCY must be at least 1")
 
 
 _FIELDS = {
@@ -172,6 +176,8 @@ _FIELDS = {
     "QUEUE_JOIN_IP_RATE_LIMIT_PER_MINUTE": ("queue_join_ip_rate_limit_per_minute", int),
     "QUEUE_STATUS_INTERVAL_SECONDS": ("queue_status_interval_seconds", float),
     "QUEUE_POSITION_MAX_AGE_SECONDS": ("queue_position_max_age_seconds", float),
+    "QUEUE_CONCURRENCY": ("queue_concurrency", int),
+    "QUEUE_BUSY_SECONDS": ("queue_busy_seconds", float),
     "HOST": ("host", str),
     "PORT": ("port", int),
     "WORKERS": ("workers", int),

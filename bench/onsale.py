@@ -63,7 +63,8 @@ from bench.stats import CpuMeter, Summary, find_roots, fmt_ms
 
 now = time.perf_counter
 
-JOIN = "mutation($id: ID!) { joinQueue(eventId: $id) { ticket { status position } errors { code message } } }"
+JOIN = ("mutation($id: ID!) { joinQueue(eventId: $id) { ticket { status position } "
+        "errors { code message retryAfterSeconds } } }")
 MY_TICKET = "query($id: ID!) { myQueueTicket(eventId: $id) { status position admittedUntil } }"
 QUEUE_STATUS = ("subscription($id: ID!) { queueStatus(eventId: $id) "
                 "{ status position estimatedWaitSeconds admittedUntil } }")
@@ -95,6 +96,8 @@ class Sale:
     sold_out_published: float | None = None
     socket_failures: Counter[str] = field(default_factory=Counter)
     peak_per_worker: list[int] = field(default_factory=list)
+    join_retries: int = 0             # joins told RATE_LIMITED (the room busy), sent again after retryAfterSeconds
+    polls_busy: int = 0               # myQueueTicket polls told RATE_LIMITED
 
 
 class QueueMessages:
@@ -227,6 +230,10 @@ class OnSale:
     async def buyer(self, buyer: Buyer, intended: float, queue: Client, shop: Client) -> None:
         variables = {"id": str(self.sale.event_id)}
         joined = await queue.op(JOIN, variables, "joinQueue", buyer.token)
+        while joined.code == "RATE_LIMITED":  # the room is busy: back after retryAfterSeconds, as the page is
+            self.sale.join_retries += 1
+            await asyncio.sleep(joined.payload["errors"][0]["retryAfterSeconds"] * self.rng.uniform(1, 2))
+            joined = await queue.op(JOIN, variables, "joinQueue", buyer.token)
         buyer.join_s = now() - intended
         if not joined.ok:
             buyer.outcome = f"joinQueue {joined.code}"
@@ -309,7 +316,10 @@ class OnSale:
         while now() < deadline:
             await asyncio.sleep(self.args.poll_seconds * self.rng.uniform(0.5, 1.5))
             out = await queue.op(MY_TICKET, variables, "myQueueTicket", buyer.token)
-            if out.ok and out.payload and out.payload["status"] in TERMINAL:
+            if out.code == "GRAPHQL_ERROR" and (out.payload or [{}])[0].get("extensions", {}).get("code") \
+                    == "RATE_LIMITED":
+                self.sale.polls_busy += 1
+            elif out.ok and out.payload and out.payload["status"] in TERMINAL:
                 self._learnt(buyer, out.payload, "poll", now())
                 return
 
@@ -427,8 +437,9 @@ class OnSale:
         self.rows.append(Row(
             f"joinQueue: {args.buyers} over {args.join_seconds:.0f} s", f"{len(joins) - join_faults} ok",
             len(joins) / args.join_seconds, Summary.of(joins),
-            f"open loop, from the intended send; {db['early_joiners']} joined before salesStartAt "
-            f"(random order), {len(joins) - db['early_joiners']} after"))
+            f"open loop, from the intended send (retries included); {db['early_joiners']} joined before "
+            f"salesStartAt (random order), {len(joins) - db['early_joiners']} after; {sale.join_retries} "
+            f"RATE_LIMITED retries (room busy); {sale.polls_busy} polls told RATE_LIMITED"))
 
         sockets = [b for b in buyers if b.via == "socket" and b.told == "ADMITTED" and b.admitted_at is not None]
         from_admission = Summary.of(b.told_at - b.admitted_at for b in sockets if b.admitted_at is not None)

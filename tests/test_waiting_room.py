@@ -21,6 +21,7 @@ from app.errors import DomainError, ErrorCode
 from app.jobs.admission import admit_once
 from app.models import Booking, Event, EventStatus, QueueStatus, QueueTicket, Role, WaitingRoom, utcnow
 from app.services import bookings, catalogue, queue, waitlist
+from app.services.gate import Gate
 from app.services.payments import MockGateway
 from app.settings import Settings
 from app.web import create_app
@@ -337,6 +338,42 @@ async def test_leaving_and_joining_again_reach_the_buyers_own_stream_at_once(
         await gql(JOIN, {"id": str(event.id)}, token)  # back in, at the back
         again = (await sub.next())["queueStatus"]
         assert (again["status"], again["position"]) == ("WAITING", 2)
+
+
+async def test_the_gate_turns_away_who_waits_too_long_and_lets_a_stream_wait() -> None:
+    gate = Gate(1, wait_seconds=0.05, busy_message="busy")
+    async with gate.enter():
+        with pytest.raises(DomainError) as refused:
+            async with gate.enter():
+                pass
+        assert (refused.value.code, refused.value.retry_after_seconds) == (ErrorCode.RATE_LIMITED, 1)
+
+        async def stream() -> str:
+            async with gate.enter(wait=True):
+                return "in"
+        waiting = asyncio.create_task(stream())
+        await asyncio.sleep(0.2)  # four times what a request may wait
+        assert not waiting.done()
+    assert await waiting == "in"
+
+
+async def test_a_busy_waiting_room_tells_joiners_and_pollers_when_to_come_back(
+        settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await sale(sessionmaker)
+    [user] = await make_users(sessionmaker, 1)
+    token, variables = token_for(user, settings), {"id": str(event.id)}
+    join_with_retry = ("mutation($id: ID!) { joinQueue(eventId: $id) { ticket { status } "
+                       "errors { code retryAfterSeconds } } }")
+    my_ticket = "query($id: ID!) { myQueueTicket(eventId: $id) { status position } }"
+    async with running_app(replace(settings, queue_concurrency=1, queue_busy_seconds=0.1)) as (app, gql):
+        async with app.state.services.queue_gate.enter():  # the one place is taken
+            refused = (await gql(join_with_retry, variables, token))["joinQueue"]
+            assert refused == {"ticket": None, "errors": [{"code": "RATE_LIMITED", "retryAfterSeconds": 1}]}
+            polled = await gql.raw(my_ticket, variables, token)
+            assert [error["extensions"] for error in polled["errors"]] == [
+                {"code": "RATE_LIMITED", "retryAfterSeconds": 1}]
+        assert (await gql(join_with_retry, variables, token))["joinQueue"]["ticket"] == {"status": "WAITING"}
+        assert (await gql(my_ticket, variables, token))["myQueueTicket"] == {"status": "WAITING", "position": 1}
 
 
 # --- the API ------------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ from app.schema.catalogue import Event, EventPayload
 from app.schema.queue import QueuePayload, QueueTicket, WaitingRoomInput
 from app.services import queue
 
+# Every database read and write of the waiting room's own requests goes through the
+# services' queue gate (app/services/gate.py): a flood of joins and polls must leave the
+# connections and the event loop to admitted buyers.
 
 async def _read_ticket(info: strawberry.Info, user_id: int, event_id: int) -> models.QueueTicket | None:
     async with info.context.read_session() as session:
@@ -26,6 +29,12 @@ async def _view(info: strawberry.Info, ticket: models.QueueTicket, session: Asyn
     return QueueTicket.from_view(await info.context.services.queue_orders.view(ticket, session))
 
 
+async def _current(info: strawberry.Info, user_id: int, event_id: int) -> QueueTicket | None:
+    async with info.context.services.queue_gate.enter():
+        ticket = await _read_ticket(info, user_id, event_id)
+        return await _view(info, ticket) if ticket else None
+
+
 @strawberry.type
 class QueueQuery:
     @strawberry.field(description="The signed-in buyer's place in an event's queue; null without one.")
@@ -34,8 +43,7 @@ class QueueQuery:
         if info.context.identity is None or parsed is None:
             return None
         identity = info.context.require_user()  # no API key scope covers the waiting room
-        ticket = await _read_ticket(info, identity.user_id, parsed)
-        return await _view(info, ticket) if ticket else None
+        return await _current(info, identity.user_id, parsed)
 
 
 @strawberry.type
@@ -44,8 +52,9 @@ class QueueMutation:
     async def join_queue(self, info: strawberry.Info, event_id: strawberry.ID) -> QueuePayload:
         async def work(session: AsyncSession) -> QueuePayload:
             identity = info.context.require_user()
-            ticket = await queue.join(session, user_id=identity.user_id, event_id=parse_id(event_id, "eventId"))
-            return QueuePayload(ticket=await _view(info, ticket, session))
+            async with info.context.services.queue_gate.enter():  # the session connects inside
+                ticket = await queue.join(session, user_id=identity.user_id, event_id=parse_id(event_id, "eventId"))
+                return QueuePayload(ticket=await _view(info, ticket, session))
         settings = info.context.settings
         return await run_mutation(info, QueuePayload, work, limits=[
             (f"queue-join:{info.context.caller_key}", settings.queue_join_rate_limit_per_minute),
@@ -55,8 +64,9 @@ class QueueMutation:
     async def leave_queue(self, info: strawberry.Info, event_id: strawberry.ID) -> QueuePayload:
         async def work(session: AsyncSession) -> QueuePayload:
             identity = info.context.require_user()
-            ticket = await queue.leave(session, user_id=identity.user_id, event_id=parse_id(event_id, "eventId"))
-            return QueuePayload(ticket=await _view(info, ticket, session))
+            async with info.context.services.queue_gate.enter():
+                ticket = await queue.leave(session, user_id=identity.user_id, event_id=parse_id(event_id, "eventId"))
+                return QueuePayload(ticket=await _view(info, ticket, session))
         return await run_mutation(info, QueuePayload, work)
 
     @strawberry.mutation(description="Admin only. Set, change or pause the event's waiting room; null removes it.")
@@ -84,24 +94,29 @@ class QueueSubscription:
         sent = metrics.SUBSCRIPTION_MESSAGES.labels("queueStatus")
         async with info.context.services.broker.subscribe(queue.queue_channel(parsed),
                                                           queue.merge_queue_messages) as inbox:
-            ticket = await _read_ticket(info, identity.user_id, parsed)
-            if ticket is None:
+            gate = info.context.services.queue_gate  # a stream is open anyway: it waits its turn
+            async with gate.enter(wait=True):
+                ticket = await _read_ticket(info, identity.user_id, parsed)
+                current = await _view(info, ticket) if ticket else None
+            if current is None:
                 raise DomainError(ErrorCode.NOT_FOUND, "No place in this queue: join it with joinQueue")
-            current = await _view(info, ticket)
             sent.inc()
             yield current
             sent_at = time.monotonic()
             while True:
                 delivery = await inbox.next()
                 info.context.require_user()  # a private stream ends with the caller's token
-                if delivery is None or identity.user_id in delivery.message["users"] or delivery.message["soldOut"]:
-                    # This ticket changed (or messages were missed): read it again.
-                    ticket = await _read_ticket(info, identity.user_id, parsed)
+                changed = delivery is None or identity.user_id in delivery.message["users"] \
+                    or delivery.message["soldOut"]
                 # Only the queue moved: a new position (from the shared order, no read of the
                 # ticket) is worth a message every `interval` at most.
-                elif ticket is None or ticket.status != QueueStatus.WAITING or time.monotonic() - sent_at < interval:
+                if not changed and (ticket is None or ticket.status != QueueStatus.WAITING
+                                    or time.monotonic() - sent_at < interval):
                     continue
-                latest = await _view(info, ticket) if ticket else None
+                async with gate.enter(wait=True):
+                    if changed:  # this ticket changed (or messages were missed): read it again
+                        ticket = await _read_ticket(info, identity.user_id, parsed)
+                    latest = await _view(info, ticket) if ticket else None
                 if latest is not None and latest != current:
                     current, sent_at = latest, time.monotonic()
                     sent.inc()

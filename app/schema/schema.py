@@ -181,7 +181,10 @@ class ErrorMasking(MaskErrors):
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
         for error in errors:
             if isinstance(error.original_error, DomainError):
-                error.extensions = {**(error.extensions or {}), "code": error.original_error.code.value}
+                domain = error.original_error
+                error.extensions = {**(error.extensions or {}), "code": domain.code.value}
+                if domain.retry_after_seconds is not None:
+                    error.extensions["retryAfterSeconds"] = domain.retry_after_seconds
             elif not (error.extensions or {}).get("code") and not is_server_fault(error):
                 # GraphQL's own refusals: a document that does not parse, or does not fit the schema.
                 code = "GRAPHQL_PARSE_FAILED" if isinstance(error, GraphQLSyntaxError) else "GRAPHQL_VALIDATION_FAILED"
