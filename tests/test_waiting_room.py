@@ -482,7 +482,7 @@ async def test_the_page_shows_a_buyer_waiting_then_admitted_then_reserving(
     ahead, buyer = await make_users(sessionmaker, 2)
     await join(sessionmaker, event.id, [ahead.id])
     problems: list[str] = []
-    app = create_app(settings)
+    app = create_app(replace(settings, queue_concurrency=1, queue_busy_seconds=0.2))
     async with serve_in_process(app) as address, async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
                                                    headless=True, timeout=30_000)
@@ -493,8 +493,11 @@ async def test_the_page_shows_a_buyer_waiting_then_admitted_then_reserving(
             await page.goto(f"http://{address}/#event/{event.id}")
             await page.wait_for_selector('#waiting-room[data-status="NONE"]')
             assert await page.is_hidden("#reserve-form")
-            await page.click("#join-queue-btn")
-            await page.wait_for_selector('#waiting-room[data-status="WAITING"]')
+            async with app.state.services.queue_gate.enter():  # the room too busy to take the join
+                await page.click("#join-queue-btn")
+                busy = await page.wait_for_selector("#messages .info")
+                assert "(trying again in 1 s)" in (await busy.text_content() or "")
+            await page.wait_for_selector('#waiting-room[data-status="WAITING"]')  # taken when it tried again
             assert await page.text_content("#queue-text") == "You are number 2 in the queue · about 1 min to wait"
             assert await page.is_visible("#queue-progress") and await page.is_hidden("#reserve-form")
             ARTIFACTS.mkdir(exist_ok=True)

@@ -513,15 +513,26 @@ async function loadTicket(eventId) {
   if (state.event?.id === eventId) setTicket(data?.myQueueTicket ?? null);
 }
 
+// A room too busy to take the join right now says when to come back: the page does, by itself.
 async function joinQueue() {
   const button = $("#join-queue-btn");
+  const eventId = state.event.id;
   button.disabled = true;
   try {
-    const data = await gql(`mutation($id: ID!) { result: joinQueue(eventId: $id) { ticket { ${TICKET} }
-      errors { code message } } }`, { id: state.event.id });
-    const payload = data?.result;
-    if (payload?.errors.length) showMessages(payload.errors.map((error) => error.message));
-    else if (payload) { clearMessages(); setTicket(payload.ticket); }
+    for (;;) {
+      const data = await gql(`mutation($id: ID!) { result: joinQueue(eventId: $id) { ticket { ${TICKET} }
+        errors { code message retryAfterSeconds } } }`, { id: eventId });
+      const payload = data?.result;
+      const busy = payload?.errors.find((error) => error.code === "RATE_LIMITED" && error.retryAfterSeconds);
+      if (busy && state.event?.id === eventId) {
+        showMessages([`${busy.message} (trying again in ${busy.retryAfterSeconds} s)`], "info");
+        await new Promise((resolve) => setTimeout(resolve, busy.retryAfterSeconds * 1000));
+        continue;
+      }
+      if (payload?.errors.length) showMessages(payload.errors.map((error) => error.message));
+      else if (payload) { clearMessages(); setTicket(payload.ticket); }
+      return;
+    }
   } finally {
     button.disabled = false;
   }
