@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import BigInteger, String, and_, case, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import DomainError, ErrorCode, invalid_input, not_found
 from app.models import Booking, BookingStatus, Event, EventStatus, QueueStatus, QueueTicket, WaitingRoom, utcnow
+from app.models.base import UTCDateTime
 from app.services import inventory, outbox
 
 # Ranks below this are the random ranks of buyers who joined before the sales start; later
@@ -120,24 +121,29 @@ async def join(session: AsyncSession, *, user_id: int, event_id: int, now: datet
     """A place in the event's queue; the same ticket when the buyer already has one that is
     WAITING, ADMITTED or SOLD_OUT. One who left or whose admission lapsed goes to the back."""
     now = now or utcnow()
-    event = await session.get(Event, event_id)
+    early, late = _ranks(now)
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    # The flood of an on-sale is first joins of an event open to its queue: one statement.
+    # Concurrent joins of one buyer meet on the unique (event, user): one inserts, the others
+    # wait for it and then read the same ticket below.
+    inserted = await session.scalar(
+        dialect.insert(QueueTicket)
+        .from_select(["event_id", "user_id", "status", "rank", "joined_at"], select(
+            Event.id, literal(user_id, BigInteger), literal(QueueStatus.WAITING, String),
+            case((Event.sales_start_at > now, early), else_=late), literal(now, UTCDateTime))
+            .where(Event.id == event_id, Event.waiting_room,
+                   Event.status.in_([EventStatus.SCHEDULED, EventStatus.ON_SALE, EventStatus.SOLD_OUT])))
+        .on_conflict_do_nothing(index_elements=["event_id", "user_id"])
+        .returning(QueueTicket))
+    if inserted is not None:
+        return inserted
+    event = await session.get(Event, event_id)  # why not: the answer says
     if event is None or event.status == EventStatus.DRAFT:
         raise not_found("Event")
     if not event.waiting_room:
         raise DomainError(ErrorCode.INVALID_STATE, "This event has no waiting room: reserve directly")
     if event.status == EventStatus.CANCELLED:
         raise DomainError(ErrorCode.EVENT_NOT_ON_SALE, "This event is cancelled")
-    rank = _rank(event, now)
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    # Concurrent joins of one buyer meet on the unique (event, user): one inserts, the others
-    # wait for it and then read the same ticket.
-    inserted = await session.scalar(
-        dialect.insert(QueueTicket)
-        .values(event_id=event_id, user_id=user_id, status=QueueStatus.WAITING, rank=rank, joined_at=now)
-        .on_conflict_do_nothing(index_elements=["event_id", "user_id"])
-        .returning(QueueTicket))
-    if inserted is not None:
-        return inserted
     ticket = await session.scalar(
         select(QueueTicket).where(QueueTicket.event_id == event_id, QueueTicket.user_id == user_id)
         .with_for_update().execution_options(populate_existing=True))
@@ -145,23 +151,24 @@ async def join(session: AsyncSession, *, user_id: int, event_id: int, now: datet
     lapsed = ticket.status == QueueStatus.ADMITTED and ticket.admitted_until is not None \
         and ticket.admitted_until <= now
     if ticket.status in (QueueStatus.LEFT, QueueStatus.LAPSED) or lapsed:
-        ticket.status, ticket.rank, ticket.joined_at = QueueStatus.WAITING, rank, now
+        early_now = event.sales_start_at is not None and now < event.sales_start_at
+        ticket.status, ticket.rank, ticket.joined_at = QueueStatus.WAITING, early if early_now else late, now
         ticket.admitted_at = ticket.admitted_until = None
         await session.flush()
         _record_change(session, ticket)
     return ticket
 
 
+def _ranks(now: datetime) -> tuple[int, int]:
+    """A ticket's rank if it joins before the sales start (random: an early arrival buys
+    nothing), and if it joins after (its join time: first come, first served)."""
+    return secrets.randbelow(LATE_RANK), LATE_RANK + int(now.timestamp() * 1_000_000)
+
+
 def _record_change(session: AsyncSession, ticket: QueueTicket) -> None:
     """Tell the buyer's own queueStatus streams (on any instance) that their ticket changed."""
     outbox.record(session, queue_channel(ticket.event_id),
                   {"eventId": ticket.event_id, "users": [ticket.user_id], "soldOut": False})
-
-
-def _rank(event: Event, now: datetime) -> int:
-    if event.sales_start_at is not None and now < event.sales_start_at:
-        return secrets.randbelow(LATE_RANK)  # early arrival buys nothing: a random place
-    return LATE_RANK + int(now.timestamp() * 1_000_000)
 
 
 async def leave(session: AsyncSession, *, user_id: int, event_id: int) -> QueueTicket:
