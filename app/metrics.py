@@ -36,6 +36,9 @@ HELD_PLACES = Gauge("bookmyevent_held_places", "Places in PENDING bookings not y
                     multiprocess_mode="mostrecent")
 WEBSOCKETS = Gauge("bookmyevent_websocket_connections", "Open websocket connections", multiprocess_mode="livesum")
 WORKERS = Gauge("bookmyevent_workers", "Worker processes serving", multiprocess_mode="livesum")
+EVENT_LOOP_LAG = Gauge("bookmyevent_event_loop_lag_seconds",
+                       "How late the event loop runs what is due (the latest sample of the worst worker)",
+                       multiprocess_mode="livemax")
 SUBSCRIPTION_MESSAGES = Counter("bookmyevent_subscription_messages_total",
                                 "Subscription messages sent, by subscription", ["subscription"])
 COALESCED_MESSAGES = Counter("bookmyevent_subscription_messages_coalesced_total",

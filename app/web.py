@@ -424,6 +424,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         admitter = asyncio.create_task(run_every("Admission", settings.admission_interval_seconds,
                                                  lambda: admission.tick(services)), name="admission")
         deliverer = asyncio.create_task(run_deliverer(services), name="webhook-deliverer")
+        loop_lag = asyncio.create_task(services.loop_lag.run(), name="loop-lag")
         # Everything loaded so far (modules, the schema, mappers: a quarter of the objects of a
         # worker holding 1,000 websockets) lives as long as the process. Freezing it takes it
         # out of every later full collection, whose pause is what subscribers wait through.
@@ -439,8 +440,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             sweeper.cancel()
             admitter.cancel()
             deliverer.cancel()
+            loop_lag.cancel()
             await services.batcher.close()
-            for job in (sweeper, admitter, deliverer):
+            for job in (sweeper, admitter, deliverer, loop_lag):
                 with contextlib.suppress(asyncio.CancelledError):
                     await job
             await services.broker.stop()

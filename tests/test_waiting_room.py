@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from app.errors import DomainError, ErrorCode
 from app.jobs.admission import admit_once
 from app.models import Booking, Event, EventStatus, QueueStatus, QueueTicket, Role, WaitingRoom, utcnow
 from app.services import bookings, catalogue, queue, waitlist
-from app.services.gate import Gate
+from app.services.gate import Gate, LoopLag
 from app.services.payments import MockGateway
 from app.settings import Settings
 from app.web import create_app
@@ -341,7 +342,7 @@ async def test_leaving_and_joining_again_reach_the_buyers_own_stream_at_once(
 
 
 async def test_the_gate_turns_away_who_waits_too_long_and_lets_a_stream_wait() -> None:
-    gate = Gate(1, wait_seconds=0.05, busy_message="busy")
+    gate = Gate(1, lag=LoopLag(), max_lag_seconds=0.01, wait_seconds=0.05, busy_message="busy")
     async with gate.enter():
         with pytest.raises(DomainError) as refused:
             async with gate.enter():
@@ -355,6 +356,23 @@ async def test_the_gate_turns_away_who_waits_too_long_and_lets_a_stream_wait() -
         await asyncio.sleep(0.2)  # four times what a request may wait
         assert not waiting.done()
     assert await waiting == "in"
+
+
+async def test_the_gate_stays_shut_while_the_event_loop_runs_late() -> None:
+    lag = LoopLag(interval=0.01)
+    measuring = asyncio.create_task(lag.run())
+    await asyncio.sleep(0.02)
+    time.sleep(0.1)  # the loop blocked, as by a flood of requests
+    await asyncio.sleep(0.005)  # the sample overdue since then comes first: late by 0.09 s at least
+    measuring.cancel()
+    assert lag.seconds >= 0.09
+    gate = Gate(8, lag=lag, max_lag_seconds=0.01, wait_seconds=0.05, busy_message="busy")
+    with pytest.raises(DomainError):  # every place free, but the loop is late
+        async with gate.enter():
+            pass
+    lag.seconds = 0.0
+    async with gate.enter():
+        pass
 
 
 async def test_a_busy_waiting_room_tells_joiners_and_pollers_when_to_come_back(

@@ -17,7 +17,7 @@ from app.services import bookings, inventory, queue
 from app.services.accounts import Identity
 from app.services.batching import ReserveBatcher
 from app.services.bookings import HoldTimes
-from app.services.gate import Gate
+from app.services.gate import Gate, LoopLag
 from app.services.payments import PaymentGateway
 from app.services.ratelimit import RateLimiter
 from app.settings import Settings
@@ -44,7 +44,10 @@ class AppServices:
         self.batcher = ReserveBatcher(self.sessionmaker, holds=self.hold_times, publish=self.broker.publish_all)
         self.queue_orders = queue.WaitingOrders(self.sessionmaker,
                                                 max_age_seconds=self.settings.queue_position_max_age_seconds)
-        self.queue_gate = Gate(self.settings.queue_concurrency, wait_seconds=self.settings.queue_busy_seconds,
+        self.loop_lag = LoopLag()  # measured while the app runs (its lifespan starts it)
+        self.queue_gate = Gate(self.settings.queue_concurrency, lag=self.loop_lag,
+                               max_lag_seconds=self.settings.queue_max_loop_lag_ms / 1000,
+                               wait_seconds=self.settings.queue_busy_seconds,
                                busy_message="The waiting room is very busy: try again in a moment")
 
     async def _availability(self, event_ids: Sequence[int]) -> list[dict[str, Any] | None]:

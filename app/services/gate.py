@@ -1,9 +1,11 @@
-"""A bound on how many of one kind of request a worker serves at once.
+"""A bound on how much of one kind of request a worker serves at once.
 
 The waiting room's own traffic (joins, polls, position reads) comes in floods when a big sale
-opens; behind a gate it cannot take every database connection and every turn of the event
-loop from the admitted buyers it exists to protect. Waiting at the gate costs nothing; one
-who waits too long is told to come back instead of timing out on the connection pool.
+opens. Behind a gate it cannot take every database connection and every turn of the event
+loop from the admitted buyers the room exists to protect: at most `limit` requests are inside
+at once, and none goes in while the event loop runs late (`LoopLag`), which is what would
+make every other request slow. Waiting at the gate costs nothing; one who waits too long is
+told to come back instead of timing out on the connection pool.
 """
 
 from __future__ import annotations
@@ -13,23 +15,50 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from app import metrics
 from app.errors import DomainError, ErrorCode
 
 
+class LoopLag:
+    """How late this event loop runs what is due, sampled every `interval` seconds while
+    `run` runs (0 before)."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.seconds = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.interval
+            await asyncio.sleep(self.interval)
+            self.seconds = loop.time() - due
+            metrics.EVENT_LOOP_LAG.set(self.seconds)
+
+
 class Gate:
-    def __init__(self, limit: int, *, wait_seconds: float, busy_message: str) -> None:
+    def __init__(self, limit: int, *, lag: LoopLag, max_lag_seconds: float, wait_seconds: float,
+                 busy_message: str) -> None:
         self._slots = asyncio.Semaphore(limit)
+        self._lag = lag
+        self._max_lag = max_lag_seconds
         self._wait_seconds = wait_seconds
         self._busy_message = busy_message
 
     @asynccontextmanager
     async def enter(self, *, wait: bool = False) -> AsyncIterator[None]:
-        """Inside, one of the `limit`. RATE_LIMITED (retry after the wait) when no place came
-        free within `wait_seconds`; with `wait`, however long it takes (a stream that is
-        open anyway)."""
+        """Inside, one of the `limit`, entered while the loop kept time. RATE_LIMITED (retry
+        after the wait) when that did not happen within `wait_seconds`; with `wait`, however
+        long it takes (a stream that is open anyway)."""
         try:
             async with asyncio.timeout(None if wait else self._wait_seconds):
                 await self._slots.acquire()
+                try:
+                    while self._lag.seconds > self._max_lag:
+                        await asyncio.sleep(self._lag.interval)
+                except BaseException:
+                    self._slots.release()
+                    raise
         except TimeoutError:
             raise DomainError(ErrorCode.RATE_LIMITED, self._busy_message,
                               retry_after_seconds=max(1, math.ceil(self._wait_seconds))) from None
