@@ -206,6 +206,23 @@ async def test_early_joiners_are_admitted_in_random_order_then_later_joiners_in_
     assert rounds[0] != set(join_order[:per_second])
 
 
+async def test_only_admissions_that_ran_out_unused_count_as_lapsed(
+        sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await sale(sessionmaker, capacity=10, admit_per_minute=60, admission_seconds=60)
+    buyer, idler = await make_users(sessionmaker, 2)
+    await join(sessionmaker, event.id, [buyer.id, idler.id])
+    async with sessionmaker() as session:  # the room's clock 2 s back: both are due now, not later
+        await session.execute(update(WaitingRoom).where(WaitingRoom.event_id == event.id)
+                              .values(admitted_through=utcnow() - timedelta(seconds=2)))
+        await session.commit()
+    [round_] = await admit(sessionmaker, now=utcnow())
+    assert round_.admitted == 2
+    assert isinstance(await reserve_as(sessionmaker, buyer.id, event.id), Booking)
+    [round_] = await admit(sessionmaker, now=utcnow() + timedelta(seconds=61))
+    assert round_.lapsed_unused == 1  # the idler's; the buyer used theirs
+    assert await statuses(sessionmaker, event.id) == {buyer.id: QueueStatus.LAPSED, idler.id: QueueStatus.LAPSED}
+
+
 @pytest.mark.parametrize("backend", ["postgres"])
 async def test_two_admitters_together_admit_at_the_configured_rate(
         sessionmaker: async_sessionmaker[AsyncSession]) -> None:

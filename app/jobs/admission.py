@@ -22,7 +22,7 @@ async def admit_once(services: AppServices, now: datetime | None = None) -> list
         event = str(done.event_id)
         metrics.QUEUE_WAITING.labels(event).set(done.waiting)
         metrics.QUEUE_ADMITTED.labels(event).inc(done.admitted)
-        metrics.QUEUE_LAPSED.labels(event).inc(done.lapsed)
+        metrics.QUEUE_LAPSED.labels(event).inc(done.lapsed_unused)
         metrics.QUEUE_SOLD_OUT.labels(event).inc(done.sold_out)
     return rounds
 

@@ -288,7 +288,7 @@ class AdmissionRound:
 
     event_id: int
     admitted: int
-    lapsed: int
+    lapsed_unused: int  # admissions that ran out without a booking made while they lasted
     sold_out: int
     waiting: int
 
@@ -308,12 +308,14 @@ async def admit(session: AsyncSession, *, now: datetime | None = None) -> list[A
 
 
 async def _admit_room(session: AsyncSession, room: WaitingRoom, now: datetime) -> AdmissionRound:
-    lapsed = list(await session.scalars(
+    lapsed_since = {user_id: admitted_at for user_id, admitted_at in await session.execute(
         update(QueueTicket)
         .where(QueueTicket.event_id == room.event_id, QueueTicket.status == QueueStatus.ADMITTED,
                QueueTicket.admitted_until <= now)
         .values(status=QueueStatus.LAPSED)
-        .returning(QueueTicket.user_id).execution_options(synchronize_session=False)))
+        .returning(QueueTicket.user_id, QueueTicket.admitted_at)
+        .execution_options(synchronize_session=False))}
+    lapsed = list(lapsed_since)
     admitted: list[int] = []
     sold_out = 0
     event = await session.scalar(select(Event).where(Event.id == room.event_id)
@@ -348,7 +350,19 @@ async def _admit_room(session: AsyncSession, room: WaitingRoom, now: datetime) -
             "eventId": room.event_id, "users": sorted(set(admitted) | set(lapsed)), "soldOut": sold_out > 0})
     waiting = await session.scalar(select(func.count()).select_from(QueueTicket).where(
         QueueTicket.event_id == room.event_id, QueueTicket.status == QueueStatus.WAITING))
-    return AdmissionRound(room.event_id, len(admitted), len(lapsed), sold_out, int(waiting or 0))
+    return AdmissionRound(room.event_id, len(admitted), await _unused(session, room.event_id, lapsed_since),
+                          sold_out, int(waiting or 0))
+
+
+async def _unused(session: AsyncSession, event_id: int, admitted_at: dict[int, datetime]) -> int:
+    """How many of these admissions (user: admitted at) ended without a booking of the event."""
+    if not admitted_at:
+        return 0
+    last_bookings = await session.execute(
+        select(Booking.user_id, func.max(Booking.created_at))
+        .where(Booking.event_id == event_id, Booking.user_id.in_(admitted_at)).group_by(Booking.user_id))
+    used = sum(1 for user_id, last in last_bookings if last >= admitted_at[user_id])
+    return len(admitted_at) - used
 
 
 async def _sold_out(session: AsyncSession, event: Event, now: datetime) -> bool:
