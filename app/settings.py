@@ -57,6 +57,7 @@ class Settings:
     waitlist_offer_ttl_seconds: int = 600
     reserve_rate_limit_per_minute: int = 10
     mutation_rate_limit_per_minute: int = 120  # every mutation, per user (per IP when anonymous)
+    checkin_rate_limit_per_minute: int = 3000  # checkIn per staff account or key (instead of the one above)
     login_rate_limit_per_minute: int = 10  # login attempts per email from one client address
     login_ip_rate_limit_per_minute: int = 30  # login attempts per client address, any email
     # Per email from every address: stops guessing spread over many addresses. Addresses the
@@ -168,6 +169,7 @@ _FIELDS = {
     "WAITLIST_OFFER_TTL_SECONDS": ("waitlist_offer_ttl_seconds", int),
     "RESERVE_RATE_LIMIT_PER_MINUTE": ("reserve_rate_limit_per_minute", int),
     "MUTATION_RATE_LIMIT_PER_MINUTE": ("mutation_rate_limit_per_minute", int),
+    "CHECKIN_RATE_LIMIT_PER_MINUTE": ("checkin_rate_limit_per_minute", int),
     "LOGIN_RATE_LIMIT_PER_MINUTE": ("login_rate_limit_per_minute", int),
     "LOGIN_IP_RATE_LIMIT_PER_MINUTE": ("login_ip_rate_limit_per_minute", int),
     "LOGIN_ACCOUNT_RATE_LIMIT_PER_MINUTE": ("login_account_rate_limit_per_minute", int),

@@ -28,7 +28,7 @@ from app.services import bookings, checkin, tickets
 from app.services.payments import MockGateway
 from app.settings import Settings
 from app.web import create_app
-from tests.conftest import GraphQLClient
+from tests.conftest import GraphQLClient, running_app
 from tests.factories import identity_of, make_event, make_user, token_for
 from tests.servers import MESSAGE_TIMEOUT, http_client, serve_in_process, subscribe
 from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, require_chromium
@@ -167,6 +167,19 @@ async def test_first_scan_ok_second_already_same_nonce_same_answer(
     assert (replay["result"], replay["checkedInAt"], replay["gate"]) == ("OK", first["checkedInAt"], "North")
     async with sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(CheckInScan)) == 2
+
+
+async def test_a_busy_door_scans_past_the_general_mutation_limit_within_its_own(
+        settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    event = await make_event(sessionmaker)
+    _, [code, _] = await sell(sessionmaker, event)
+    token = await staff_token(sessionmaker, settings)
+    limits = replace(settings, mutation_rate_limit_per_minute=2, checkin_rate_limit_per_minute=4)
+    async with running_app(limits) as (_, gql):
+        results = [(await gql(CHECK_IN, {"input": {"code": code, "nonce": f"scan-{n}"}}, token))["checkIn"]
+                   for n in range(5)]
+    assert [r["result"] for r in results[:4]] == ["OK"] + ["ALREADY_CHECKED_IN"] * 3  # twice the general limit
+    assert [e["code"] for e in results[4]["errors"]] == ["RATE_LIMITED"]
 
 
 async def test_codes_issued_before_signing_still_check_in(

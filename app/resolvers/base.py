@@ -26,17 +26,18 @@ async def run_mutation(
     work: Callable[[AsyncSession], Awaitable[Payload]],
     *,
     limits: Sequence[Limit] = (),
+    general_limit: bool = True,
 ) -> Payload:
     """Run `work` in one transaction, once the caller is within the general mutation limit
-    and `limits` (all counted in one round trip). On success commit, then publish what it recorded.
+    (unless `general_limit` is off: a mutation with a budget of its own in `limits`) and
+    `limits`, all counted in one round trip. On success commit, then publish what it recorded.
     A `DomainError` becomes the payload's `errors` (rolled back unless it asks to keep its
     changes); anything else rolls back and surfaces as a masked server error."""
     services = info.context.services
     async with services.sessionmaker() as session:
         try:
-            await enforce(services.limiter, [
-                (f"mutation:{info.context.caller_key}", services.settings.mutation_rate_limit_per_minute),
-                *limits])
+            general = [(f"mutation:{info.context.caller_key}", services.settings.mutation_rate_limit_per_minute)]
+            await enforce(services.limiter, [*(general if general_limit else []), *limits])
             payload = await work(session)
             await session.commit()
         except DomainError as error:
