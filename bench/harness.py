@@ -190,7 +190,7 @@ REAL_REASONS = frozenset({"SOLD_OUT", "NOT_ENOUGH_SEATS", "SEATS_UNAVAILABLE"})
 @dataclass(slots=True)
 class Outcome:
     code: str            # "OK", a UserError code, or HTTP_<status>/GRAPHQL_ERROR/TIMEOUT/CONNECTION
-    payload: Any = None  # the mutation's or query's payload when there is one
+    payload: Any = None  # the mutation's or query's payload when there is one (else the top-level errors)
 
     @property
     def ok(self) -> bool:
@@ -252,7 +252,7 @@ class Client:
         except (aiohttp.ClientError, OSError):
             return Outcome("CONNECTION")
         if status != 200 or not isinstance(doc, dict):
-            return Outcome(f"HTTP_{status}")
+            return Outcome(f"HTTP_{status}", doc.get("errors") if isinstance(doc, dict) else None)
         if doc.get("errors") or not doc.get("data"):
             return Outcome("GRAPHQL_ERROR", doc.get("errors"))
         payload = doc["data"].get(field)

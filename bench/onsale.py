@@ -63,12 +63,19 @@ from bench.stats import CpuMeter, Summary, find_roots, fmt_ms
 
 now = time.perf_counter
 
-JOIN = ("mutation($id: ID!) { joinQueue(eventId: $id) { ticket { status position } "
-        "errors { code message retryAfterSeconds } } }")
+JOIN = "mutation($id: ID!) { joinQueue(eventId: $id) { ticket { status position } errors { code message } } }"
 MY_TICKET = "query($id: ID!) { myQueueTicket(eventId: $id) { status position admittedUntil } }"
 QUEUE_STATUS = ("subscription($id: ID!) { queueStatus(eventId: $id) "
                 "{ status position estimatedWaitSeconds admittedUntil } }")
 TERMINAL = ("ADMITTED", "SOLD_OUT")
+
+
+def busy_for(outcome: harness.Outcome) -> float | None:
+    """The retryAfterSeconds of an answer turned away by the waiting room's gate (HTTP 429,
+    RATE_LIMITED), or None."""
+    if outcome.code != "HTTP_429":
+        return None
+    return float(((outcome.payload or [{}])[0].get("extensions") or {}).get("retryAfterSeconds", 1))
 
 
 @dataclass
@@ -230,9 +237,9 @@ class OnSale:
     async def buyer(self, buyer: Buyer, intended: float, queue: Client, shop: Client) -> None:
         variables = {"id": str(self.sale.event_id)}
         joined = await queue.op(JOIN, variables, "joinQueue", buyer.token)
-        while joined.code == "RATE_LIMITED":  # the room is busy: back after retryAfterSeconds, as the page is
+        while (wait := busy_for(joined)) is not None:  # the room is busy: back after that, as the page is
             self.sale.join_retries += 1
-            await asyncio.sleep(joined.payload["errors"][0]["retryAfterSeconds"] * self.rng.uniform(1, 2))
+            await asyncio.sleep(wait * self.rng.uniform(1, 1.5))
             joined = await queue.op(JOIN, variables, "joinQueue", buyer.token)
         buyer.join_s = now() - intended
         if not joined.ok:
@@ -316,8 +323,7 @@ class OnSale:
         while now() < deadline:
             await asyncio.sleep(self.args.poll_seconds * self.rng.uniform(0.5, 1.5))
             out = await queue.op(MY_TICKET, variables, "myQueueTicket", buyer.token)
-            if out.code == "GRAPHQL_ERROR" and (out.payload or [{}])[0].get("extensions", {}).get("code") \
-                    == "RATE_LIMITED":
+            if busy_for(out) is not None:
                 self.sale.polls_busy += 1
             elif out.ok and out.payload and out.payload["status"] in TERMINAL:
                 self._learnt(buyer, out.payload, "poll", now())

@@ -397,17 +397,20 @@ async def test_a_busy_waiting_room_tells_joiners_and_pollers_when_to_come_back(
     event = await sale(sessionmaker)
     [user] = await make_users(sessionmaker, 1)
     token, variables = token_for(user, settings), {"id": str(event.id)}
-    join_with_retry = ("mutation($id: ID!) { joinQueue(eventId: $id) { ticket { status } "
-                       "errors { code retryAfterSeconds } } }")
     my_ticket = "query($id: ID!) { myQueueTicket(eventId: $id) { status position } }"
+    hidden_in_a_fragment = """query($id: ID!) { ...mine } fragment mine on Query {
+        ... on Query { myQueueTicket(eventId: $id) { status } } }"""
     async with running_app(replace(settings, queue_concurrency=1, queue_busy_seconds=0.1)) as (app, gql):
         async with app.state.services.queue_gate.enter():  # the one place is taken
-            refused = (await gql(join_with_retry, variables, token))["joinQueue"]
-            assert refused == {"ticket": None, "errors": [{"code": "RATE_LIMITED", "retryAfterSeconds": 1}]}
-            polled = await gql.raw(my_ticket, variables, token)
-            assert [error["extensions"] for error in polled["errors"]] == [
-                {"code": "RATE_LIMITED", "retryAfterSeconds": 1}]
-        assert (await gql(join_with_retry, variables, token))["joinQueue"]["ticket"] == {"status": "WAITING"}
+            for document in (JOIN, my_ticket, hidden_in_a_fragment):
+                refused = await gql.http.post("/graphql", json={"query": document, "variables": variables},
+                                              headers={"Authorization": f"Bearer {token}"})
+                assert (refused.status_code, refused.headers["retry-after"]) == (429, "1")
+                assert [error["extensions"] for error in refused.json()["errors"]] == [
+                    {"code": "RATE_LIMITED", "retryAfterSeconds": 1}]
+            # Everything else passes: the gate is the waiting room's alone.
+            assert (await gql("{ events(first: 1) { totalCount } }"))["events"]["totalCount"] == 1
+        assert (await gql(JOIN, variables, token))["joinQueue"]["ticket"]["status"] == "WAITING"
         assert (await gql(my_ticket, variables, token))["myQueueTicket"] == {"status": "WAITING", "position": 1}
 
 
@@ -548,6 +551,7 @@ async def test_the_page_shows_a_buyer_waiting_then_admitted_then_reserving(
             await page.screenshot(path=ARTIFACTS / "browser-queue-admitted.png", full_page=True)
             await page.click("#reserve-btn")
             await page.wait_for_selector('#hold[data-status="PENDING"]')
-            assert problems == []
+            # Chromium logs every 4xx answer, the busy one provoked above too (a 429); nothing else.
+            assert [problem for problem in problems if "status of 429 (Too Many Requests)" not in problem] == []
         finally:
             await browser.close()

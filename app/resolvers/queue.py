@@ -16,9 +16,8 @@ from app.schema.catalogue import Event, EventPayload
 from app.schema.queue import QueuePayload, QueueTicket, WaitingRoomInput
 from app.services import queue
 
-# Every database read and write of the waiting room's own requests goes through the
-# services' queue gate (app/services/gate.py): a flood of joins and polls must leave the
-# connections and the event loop to admitted buyers.
+# The waiting room's queries and mutations pass the services' queue gate before they run
+# (BookMyEventSchema.execute); a queueStatus stream passes it for each read (below).
 
 async def _read_ticket(info: strawberry.Info, user_id: int, event_id: int) -> models.QueueTicket | None:
     async with info.context.read_session() as session:
@@ -30,9 +29,8 @@ async def _view(info: strawberry.Info, ticket: models.QueueTicket, session: Asyn
 
 
 async def _current(info: strawberry.Info, user_id: int, event_id: int) -> QueueTicket | None:
-    async with info.context.services.queue_gate.enter():
-        ticket = await _read_ticket(info, user_id, event_id)
-        return await _view(info, ticket) if ticket else None
+    ticket = await _read_ticket(info, user_id, event_id)
+    return await _view(info, ticket) if ticket else None
 
 
 @strawberry.type
@@ -52,9 +50,8 @@ class QueueMutation:
     async def join_queue(self, info: strawberry.Info, event_id: strawberry.ID) -> QueuePayload:
         async def work(session: AsyncSession) -> QueuePayload:
             identity = info.context.require_user()
-            async with info.context.services.queue_gate.enter():  # the session connects inside
-                ticket = await queue.join(session, user_id=identity.user_id, event_id=parse_id(event_id, "eventId"))
-                return QueuePayload(ticket=await _view(info, ticket, session))
+            ticket = await queue.join(session, user_id=identity.user_id, event_id=parse_id(event_id, "eventId"))
+            return QueuePayload(ticket=await _view(info, ticket, session))
         settings = info.context.settings
         return await run_mutation(info, QueuePayload, work, limits=[
             (f"queue-join:{info.context.caller_key}", settings.queue_join_rate_limit_per_minute),
@@ -64,9 +61,8 @@ class QueueMutation:
     async def leave_queue(self, info: strawberry.Info, event_id: strawberry.ID) -> QueuePayload:
         async def work(session: AsyncSession) -> QueuePayload:
             identity = info.context.require_user()
-            async with info.context.services.queue_gate.enter():
-                ticket = await queue.leave(session, user_id=identity.user_id, event_id=parse_id(event_id, "eventId"))
-                return QueuePayload(ticket=await _view(info, ticket, session))
+            ticket = await queue.leave(session, user_id=identity.user_id, event_id=parse_id(event_id, "eventId"))
+            return QueuePayload(ticket=await _view(info, ticket, session))
         return await run_mutation(info, QueuePayload, work)
 
     @strawberry.mutation(description="Admin only. Set, change or pause the event's waiting room; null removes it.")

@@ -13,8 +13,11 @@ from typing import Any
 import strawberry
 from graphql import (
     FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
     GraphQLError,
     GraphQLSyntaxError,
+    InlineFragmentNode,
     OperationDefinitionNode,
     StringValueNode,
     Visitor,
@@ -34,6 +37,7 @@ from strawberry.extensions import (
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
 from strawberry.tools import merge_types
+from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from app import logs, metrics
@@ -92,8 +96,21 @@ class BookMyEventSchema(strawberry.Schema):
         """HTTP's entry: a subscription there is refused (400), since strawberry would run it as a
         query and fail on the stream its resolver returns. Websockets subscribe through `subscribe`."""
         allowed = set(allowed_operation_types or DEFAULT_ALLOWED_OPERATION_TYPES) - {OperationType.SUBSCRIPTION}
-        return await super().execute(query, variable_values, context_value, root_value, operation_name,
-                                     allowed, operation_extensions)
+        if query is None or not _asks_the_waiting_room(query):
+            return await super().execute(query, variable_values, context_value, root_value, operation_name,
+                                         allowed, operation_extensions)
+        # The waiting room's own flood waits at its gate (app/services/gate.py) before any of
+        # its execution, so that it cannot crowd out admitted buyers.
+        gate = context_value.services.queue_gate
+        try:
+            await gate.take()
+        except DomainError as busy:
+            return _refused(busy, context_value)
+        try:
+            return await super().execute(query, variable_values, context_value, root_value, operation_name,
+                                         allowed, operation_extensions)
+        finally:
+            gate.release()
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Log server faults only: clients can send malformed documents as fast as they like,
@@ -160,6 +177,44 @@ def _unstorable_literals(query: str) -> bool:
     visitor = _StringLiterals()
     visit(parse(query), visitor)
     return visitor.found
+
+
+WAITING_ROOM_FIELDS = frozenset({"joinQueue", "leaveQueue", "myQueueTicket"})
+
+
+@functools.lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
+def _asks_the_waiting_room(query: str) -> bool:
+    """Whether a root field of the document (fragments included) is one of the waiting
+    room's: a fact of its text, so worked out once per document."""
+    try:
+        document = parse(query, max_tokens=MAX_TOKENS)
+    except GraphQLError:
+        return False  # strawberry's own parsing answers it
+    fragments = {node.name.value: node for node in document.definitions if isinstance(node, FragmentDefinitionNode)}
+
+    def asks(selections: Any, seen: frozenset[str]) -> bool:
+        for node in selections:
+            if isinstance(node, FieldNode) and node.name.value in WAITING_ROOM_FIELDS:
+                return True
+            if isinstance(node, InlineFragmentNode) and asks(node.selection_set.selections, seen):
+                return True
+            if isinstance(node, FragmentSpreadNode) and node.name.value in fragments \
+                    and node.name.value not in seen \
+                    and asks(fragments[node.name.value].selection_set.selections, seen | {node.name.value}):
+                return True
+        return False
+    return any(asks(node.selection_set.selections, frozenset()) for node in document.definitions
+               if isinstance(node, OperationDefinitionNode))
+
+
+def _refused(error: DomainError, context: Any) -> ExecutionResult:
+    """A request turned away before it ran: RATE_LIMITED with retryAfterSeconds (over HTTP
+    also 429 with Retry-After), as QueryRateLimit answers."""
+    if context.response is not None:
+        context.response.status_code = 429
+        context.response.headers["Retry-After"] = str(error.retry_after_seconds)
+    return ExecutionResult(data=None, errors=[GraphQLError(error.message, extensions={
+        "code": error.code.value, "retryAfterSeconds": error.retry_after_seconds})])
 
 
 class ErrorMasking(MaskErrors):

@@ -45,11 +45,10 @@ class Gate:
         self._wait_seconds = wait_seconds
         self._busy_message = busy_message
 
-    @asynccontextmanager
-    async def enter(self, *, wait: bool = False) -> AsyncIterator[None]:
-        """Inside, one of the `limit`, entered while the loop kept time. RATE_LIMITED (retry
-        after the wait) when that did not happen within `wait_seconds`; with `wait`, however
-        long it takes (a stream that is open anyway)."""
+    async def take(self, *, wait: bool = False) -> None:
+        """One of the `limit` places, taken while the loop keeps time (give it back with
+        `release`). RATE_LIMITED (retry after the wait) when that did not happen within
+        `wait_seconds`; with `wait`, however long it takes (a stream that is open anyway)."""
         try:
             async with asyncio.timeout(None if wait else self._wait_seconds):
                 await self._slots.acquire()
@@ -62,7 +61,15 @@ class Gate:
         except TimeoutError:
             raise DomainError(ErrorCode.RATE_LIMITED, self._busy_message,
                               retry_after_seconds=max(1, math.ceil(self._wait_seconds))) from None
+
+    def release(self) -> None:
+        self._slots.release()
+
+    @asynccontextmanager
+    async def enter(self, *, wait: bool = False) -> AsyncIterator[None]:
+        """Inside, one of the `limit` (see `take`)."""
+        await self.take(wait=wait)
         try:
             yield
         finally:
-            self._slots.release()
+            self.release()

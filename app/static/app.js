@@ -107,16 +107,28 @@ function renewSession() {
   return state.renewal;
 }
 
-async function gql(query, variables = {}) {
+// A server too busy to take a call says when to come back (RATE_LIMITED with
+// retryAfterSeconds: the waiting room's gate on a big on-sale). With `untilServed` the page
+// comes back by itself, and says so meanwhile.
+async function gql(query, variables = {}, { untilServed = false } = {}) {
   try {
-    const token = state.token;
-    let body = await post(query, variables, token);
-    // Already renewed by another call while this one was out: only sent again.
-    if (token && refusedForToken(body) && (state.token !== token || await renewSession())) {
-      body = await post(query, variables);
+    for (;;) {
+      const token = state.token;
+      let body = await post(query, variables, token);
+      // Already renewed by another call while this one was out: only sent again.
+      if (token && refusedForToken(body) && (state.token !== token || await renewSession())) {
+        body = await post(query, variables);
+      }
+      const busy = untilServed && body.errors?.find((error) => error.extensions?.code === "RATE_LIMITED");
+      if (busy) {
+        const seconds = busy.extensions.retryAfterSeconds ?? 1;
+        showMessages([`${busy.message} (trying again in ${seconds} s)`], "info");
+        await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+        continue;
+      }
+      if (body.errors?.length) showMessages(body.errors.map((error) => error.message));
+      return body.data ?? null;
     }
-    if (body.errors?.length) showMessages(body.errors.map((error) => error.message));
-    return body.data ?? null;
   } catch (error) {
     showMessages([`Network error: ${error.message}`]);
     return null;
@@ -513,26 +525,15 @@ async function loadTicket(eventId) {
   if (state.event?.id === eventId) setTicket(data?.myQueueTicket ?? null);
 }
 
-// A room too busy to take the join right now says when to come back: the page does, by itself.
 async function joinQueue() {
   const button = $("#join-queue-btn");
-  const eventId = state.event.id;
   button.disabled = true;
   try {
-    for (;;) {
-      const data = await gql(`mutation($id: ID!) { result: joinQueue(eventId: $id) { ticket { ${TICKET} }
-        errors { code message retryAfterSeconds } } }`, { id: eventId });
-      const payload = data?.result;
-      const busy = payload?.errors.find((error) => error.code === "RATE_LIMITED" && error.retryAfterSeconds);
-      if (busy && state.event?.id === eventId) {
-        showMessages([`${busy.message} (trying again in ${busy.retryAfterSeconds} s)`], "info");
-        await new Promise((resolve) => setTimeout(resolve, busy.retryAfterSeconds * 1000));
-        continue;
-      }
-      if (payload?.errors.length) showMessages(payload.errors.map((error) => error.message));
-      else if (payload) { clearMessages(); setTicket(payload.ticket); }
-      return;
-    }
+    const data = await gql(`mutation($id: ID!) { result: joinQueue(eventId: $id) { ticket { ${TICKET} }
+      errors { code message } } }`, { id: state.event.id }, { untilServed: true });
+    const payload = data?.result;
+    if (payload?.errors.length) showMessages(payload.errors.map((error) => error.message));
+    else if (payload) { clearMessages(); setTicket(payload.ticket); }
   } finally {
     button.disabled = false;
   }
