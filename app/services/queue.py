@@ -137,7 +137,7 @@ async def join(session: AsyncSession, *, user_id: int, event_id: int, now: datet
         .returning(QueueTicket))
     if inserted is not None:
         return inserted
-    event = await session.get(Event, event_id)  # why not: the answer says
+    event = await session.get(Event, event_id)  # no new ticket: the event says why, or one exists
     if event is None or event.status == EventStatus.DRAFT:
         raise not_found("Event")
     if not event.waiting_room:
