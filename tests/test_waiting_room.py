@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -275,16 +276,25 @@ async def test_sold_out_ends_the_queue_and_every_waiting_subscriber_is_told(
 
 # --- the live position ------------------------------------------------------------------------------
 
+@contextlib.asynccontextmanager
+async def second_in_line_watching(redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
+                                  event: Event) -> AsyncIterator[tuple[Any, Any, str, Any]]:
+    """Two buyers queued for the event; the app served with position pushes an hour apart;
+    the second buyer's queueStatus stream open: (services, gql, that buyer's token, stream)."""
+    ahead, user = await make_users(sessionmaker, 2)
+    await join(sessionmaker, event.id, [ahead.id, user.id])
+    token = token_for(user, settings)
+    async with served(replace(settings, redis_url=redis_url, queue_status_interval_seconds=3600)) \
+            as (services, ws_url, gql), subscribe(ws_url, QUEUE_STATUS, {"id": str(event.id)}, token=token) as sub:
+        yield services, gql, token, sub
+
+
 @pytest.mark.parametrize("backend", ["postgres"])
 async def test_queue_status_sends_the_ticket_then_the_admission_at_once(
         redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     event = await sale(sessionmaker, capacity=10, admit_per_minute=6)
-    first_user, user = await make_users(sessionmaker, 2)
-    await join(sessionmaker, event.id, [first_user.id, user.id])
-    token = token_for(user, settings)
     # Position pushes are bounded per subscriber; admission is not.
-    async with served(replace(settings, redis_url=redis_url, queue_status_interval_seconds=3600)) \
-            as (services, ws_url, gql), subscribe(ws_url, QUEUE_STATUS, {"id": str(event.id)}, token=token) as sub:
+    async with second_in_line_watching(redis_url, settings, sessionmaker, event) as (services, gql, token, sub):
         first = (await sub.next())["queueStatus"]
         assert (first["eventId"], first["status"], first["position"]) == (str(event.id), "WAITING", 2)
         assert first["estimatedWaitSeconds"] == 20 and first["admittedUntil"] is None
@@ -343,12 +353,8 @@ async def test_positions_come_from_one_shared_read_of_the_queue_order_at_most_ma
 async def test_leaving_and_joining_again_reach_the_buyers_own_stream_at_once(
         redis_url: str, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     event = await sale(sessionmaker, admit_per_minute=6)
-    ahead, user = await make_users(sessionmaker, 2)
-    await join(sessionmaker, event.id, [ahead.id, user.id])
-    token = token_for(user, settings)
     # Position pushes are an hour apart: only a message naming the buyer can move the stream.
-    async with served(replace(settings, redis_url=redis_url, queue_status_interval_seconds=3600)) \
-            as (_, ws_url, gql), subscribe(ws_url, QUEUE_STATUS, {"id": str(event.id)}, token=token) as sub:
+    async with second_in_line_watching(redis_url, settings, sessionmaker, event) as (_, gql, token, sub):
         first = (await sub.next())["queueStatus"]
         assert (first["status"], first["position"]) == ("WAITING", 2)
         await gql("mutation($id: ID!) { leaveQueue(eventId: $id) { ticket { status } } }", {"id": str(event.id)}, token)
