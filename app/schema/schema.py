@@ -12,12 +12,14 @@ from typing import Any
 
 import strawberry
 from graphql import (
+    ASTValidationRule,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
     GraphQLSyntaxError,
     InlineFragmentNode,
+    NoSchemaIntrospectionCustomRule,
     OperationDefinitionNode,
     StringValueNode,
     Visitor,
@@ -25,10 +27,8 @@ from graphql import (
     visit,
 )
 from strawberry.extensions import (
-    DisableIntrospection,
     MaskErrors,
     MaxAliasesLimiter,
-    MaxTokensLimiter,
     ParserCache,
     QueryDepthLimiter,
     SchemaExtension,
@@ -70,16 +70,35 @@ Subscription = merge_types("Subscription", (RealtimeSubscription, QueueSubscript
 
 
 class CachedParsing(ParserCache):
-    """strawberry's ParserCache raises a syntax error from its hook, where the websocket
+    """Parsing, cached per document text and bounded in tokens (refusing absurd documents
+    before they are even validated).
+
+    strawberry's ParserCache raises a syntax error from its hook, where the websocket
     transport does not catch it: the client got a bare `complete` and the log a stack trace.
     Invalid documents are left to strawberry's own parsing, which reports them properly
     (over graphql-transport-ws: the connection closes with 4400 and the syntax error)."""
 
     def on_parse(self) -> Iterator[None]:
         context = self.execution_context
+        context.parse_options["max_tokens"] = MAX_TOKENS  # strawberry's own parsing too
         with contextlib.suppress(GraphQLError):
             context.graphql_document = self.cached_parse_document(context.query, **context.parse_options)
         yield
+
+
+class CachedValidation(ValidationCache):
+    """Validation by the spec's rules and ours (the document limits), cached per document.
+    Our rules are built once and shared: fresh rule classes per operation would defeat the
+    cache, whose key includes the rules."""
+
+    def __init__(self, rules: tuple[type[ASTValidationRule], ...]) -> None:
+        super().__init__(maxsize=DOCUMENT_CACHE_SIZE)
+        self.rules = rules
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        context.validation_rules = (*context.validation_rules, *self.rules)
+        yield from super().on_validate()
 
 
 def is_server_fault(error: GraphQLError) -> bool:
@@ -298,18 +317,15 @@ class OperationTiming(SchemaExtension):
 
 
 def create_schema(settings: Settings, allow_list: Manifest | None = None) -> strawberry.Schema:
-    # The document limits are stateless validation rules, built once and shared: fresh rule
-    # classes per operation would defeat the validation cache, whose key includes the rules.
-    depth_limit = QueryDepthLimiter(max_depth=settings.max_query_depth)
-    alias_limit = MaxAliasesLimiter(max_alias_count=settings.max_aliases)
-    # Factories: strawberry builds the extensions for every operation from these.
+    rules = (*QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
+             *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
+             *(() if settings.graphql_introspection else (NoSchemaIntrospectionCustomRule,)))
+    # Factories: strawberry builds the extensions for every operation from these. Every
+    # extension costs every operation its hooks, whatever they do: keep them few.
     extensions: list[Any] = [
-        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         lambda: CachedParsing(maxsize=DOCUMENT_CACHE_SIZE),
-        lambda: depth_limit,
-        lambda: alias_limit,
-        lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
-        # Both after ValidationCache: their errors replace its (empty) list, not the reverse.
+        lambda: CachedValidation(rules),
+        # All after CachedValidation: their errors replace its (empty) list, not the reverse.
         lambda: QueryCostLimit(max_cost=settings.max_query_cost),
         lambda: QueryRateLimit(per_minute=settings.query_rate_limit_per_minute),
         RefuseUnstorableText,
@@ -317,8 +333,6 @@ def create_schema(settings: Settings, allow_list: Manifest | None = None) -> str
         OperationTiming,
     ]
     if allow_list is not None:
-        extensions.append(lambda: AllowListed(manifest=allow_list))  # after ValidationCache, as above
-    if not settings.graphql_introspection:
-        extensions.append(DisableIntrospection)
+        extensions.append(lambda: AllowListed(manifest=allow_list))
     return BookMyEventSchema(query=Query, mutation=Mutation, subscription=Subscription,
                              extensions=extensions, config=StrawberryConfig(scalar_map=SCALARS))
