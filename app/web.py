@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import html
 import io
@@ -167,7 +168,7 @@ class GraphQLApp(GraphQL[Context, None]):
 
     def should_render_graphql_ide(self, request: Any) -> bool:
         # A browser GET of a persisted query (no `query` either) wants its result, not GraphiQL.
-        return "extensions" not in request.query_params and super().should_render_graphql_ide(request)
+        return super().should_render_graphql_ide(request) and "extensions" not in request.query_params
 
     async def parse_http_body(self, request: Any) -> Any:
         data = await super().parse_http_body(request)
@@ -215,7 +216,7 @@ class GraphQLApp(GraphQL[Context, None]):
                 # Refused outright, not read anonymously: the client learns to renew its token
                 # (no token at all still reads anonymously).
                 raise HTTPException(401, error.message) from None
-        return Context(self.services, identity, base_url=self._base_url(request),
+        return Context(self.services, identity, base_url=functools.partial(self._base_url, request),
                        client_ip=request.client.host if request.client else "unknown",
                        response=None if isinstance(request, WebSocket) else response)
 

@@ -102,16 +102,23 @@ class Loaders:
 class Context:
     """The strawberry context of one HTTP request or one websocket connection."""
 
-    def __init__(self, services: AppServices, identity: Identity | None, *, base_url: str = "",
-                 client_ip: str = "unknown", response: Any = None) -> None:
+    def __init__(self, services: AppServices, identity: Identity | None, *,
+                 base_url: str | Callable[[], str] = "", client_ip: str = "unknown", response: Any = None) -> None:
         self.services = services
         self.response = response  # HTTP only: where a status code or header can be set
-        self.base_url = base_url  # where ticket links point
+        self._base_url = base_url
         self.client_ip = client_ip
         self.settings = services.settings
         self.identity = identity  # a bad token never gets here: app/web.py answers 401
         self._loaders: Loaders | None = None
         self.connection_params: dict[str, Any] | None = None  # set by strawberry on websockets
+
+    @property
+    def base_url(self) -> str:
+        """Where ticket links point; worked out on first use (few operations link to tickets)."""
+        if callable(self._base_url):
+            self._base_url = self._base_url()
+        return self._base_url
 
     @property
     def loaders(self) -> Loaders:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -45,6 +46,7 @@ class RateLimiter(Protocol):
         """Whether `key` was remembered and has not lapsed."""
 
 
+@functools.lru_cache(maxsize=4096)  # the same few callers ask again and again
 def _stored_key(key: str) -> str:
     return hashlib.sha256(key.encode(errors="surrogatepass")).hexdigest()[:32]
 
