@@ -146,7 +146,7 @@ def _cost(schema: GraphQLSchema, query: str, document: DocumentNode, operation_n
     """`document_cost`, worked out once per document and page sizes asked for: a document
     costs the same whatever else its variables say (which event, which seats)."""
     sizes = {name: (variables or {}).get(name) for name in _page_size_variables(query)}
-    key = (query, operation_name, json.dumps(sizes, sort_keys=True, default=str))
+    key = (query, operation_name, json.dumps(sizes, sort_keys=True, default=str) if sizes else "")
     cost = _costs.get(key)
     if cost is None:
         cost = document_cost(schema, document, operation_name, variables)

@@ -34,10 +34,11 @@ from strawberry.extensions import (
     SchemaExtension,
     ValidationCache,
 )
+from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
 from strawberry.tools import merge_types
-from strawberry.types import ExecutionResult
+from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from app import logs, metrics
@@ -54,6 +55,7 @@ from app.resolvers.relay import RelayQuery
 from app.resolvers.waitlist import WaitlistMutation, WaitlistQuery
 from app.schema.common import SCALARS
 from app.schema.cost import QueryCostLimit
+from app.schema.hooks import CachedHooksRunner
 from app.services.ratelimit import enforce
 from app.settings import Settings
 
@@ -130,6 +132,10 @@ class BookMyEventSchema(strawberry.Schema):
                                          allowed, operation_extensions)
         finally:
             gate.release()
+
+    def create_extensions_runner(self, execution_context: ExecutionContext,
+                                 extensions: list[SchemaExtension]) -> SchemaExtensionsRunner:
+        return CachedHooksRunner(execution_context=execution_context, extensions=extensions)
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Log server faults only: clients can send malformed documents as fast as they like,
