@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 from dataclasses import replace
@@ -18,6 +19,7 @@ from app.logs import JsonFormatter, RequestIdFilter, request_id
 from app.models import Role
 from app.services import catalogue
 from app.settings import Settings
+from app.web import YOUNG_OBJECTS_PER_COLLECTION
 from tests.conftest import GraphQLClient, free_port, running_app
 from tests.factories import make_event, make_user, token_for
 from tests.servers import MESSAGE_TIMEOUT, STARTUP_TIMEOUT, AppProcess
@@ -28,6 +30,11 @@ async def test_health_and_readiness(gql: GraphQLClient) -> None:
     assert (await gql.http.get("/healthz")).json() == {"status": "ok"}
     ready = await gql.http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+
+
+async def test_a_worker_collects_young_garbage_less_often_than_pythons_default(gql: GraphQLClient) -> None:
+    # Set at startup: at the default of 700, concurrent requests kept the collector busy.
+    assert gc.get_threshold()[0] == YOUNG_OBJECTS_PER_COLLECTION > 700
 
 
 async def test_readiness_reports_an_unreachable_redis(settings: Settings, engine: AsyncEngine) -> None:
