@@ -10,10 +10,11 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
+from redis import asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import metrics
-from app.services.ratelimit import RedisRateLimiter
+from app.services.ratelimit import RedisRateLimiter, _stored_key
 from app.settings import Settings
 from tests.conftest import REDIS_PREFIX, free_port, running_app
 from tests.factories import make_event, make_user, token_for
@@ -68,6 +69,20 @@ async def test_redis_limits_are_shared_between_instances(redis_url: str) -> None
     finally:
         await one.close()
         await two.close()
+
+
+async def test_redis_counts_lapse_with_their_window(redis_url: str) -> None:
+    key = f"test:{uuid.uuid4()}"
+    limiter = RedisRateLimiter(redis_url, prefix=REDIS_PREFIX)
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        for _ in range(2):  # the first count of a window sets its expiry, a later one keeps it
+            assert await limiter.hit([(key, 5)], window_seconds=60) is None
+        [counter] = [name async for name in redis.scan_iter(f"{REDIS_PREFIX}ratelimit:{_stored_key(key)}:*")]
+        assert int(await redis.get(counter)) == 2 and 0 < await redis.ttl(counter) <= 61
+    finally:
+        await limiter.close()
+        await redis.aclose()
 
 
 async def test_limiter_fails_open_without_redis(caplog: pytest.LogCaptureFixture) -> None:

@@ -84,6 +84,11 @@ class MemoryRateLimiter:
         return self._remembered.get(_stored_key(key), 0.0) > time.time()
 
 
+# One command per count (each is packed and parsed in Python): the count, and on the first of
+# its window the expiry, in one script so that no count outlives its window.
+_COUNT = "local n = redis.call('INCR', KEYS[1]) if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return n"
+
+
 class RedisRateLimiter:
     """Counts in Redis. The calls made while the event loop turns once go to Redis together,
     in one pipeline on one connection: a burst of a thousand requests costs a few round
@@ -157,9 +162,8 @@ class RedisRateLimiter:
             async with self._pipeline() as pipe:
                 for keys, window_seconds, _ in batch:
                     for key in keys:
-                        pipe.incr(key)
-                        pipe.expire(key, window_seconds + 1)
-                replies = iter((await pipe.execute())[::2])
+                        pipe.eval(_COUNT, 1, key, window_seconds + 1)
+                replies = iter(await pipe.execute())
         except (RedisError, OSError) as error:
             for _, _, counted in batch:
                 counted.set_exception(error)
