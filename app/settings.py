@@ -69,8 +69,8 @@ class Settings:
     queue_join_ip_rate_limit_per_minute: int = 60  # joinQueue per client IP (several buyers behind one NAT)
     queue_status_interval_seconds: float = 5.0  # queueStatus: position pushes per subscriber at most this often
     queue_position_max_age_seconds: float = 1.0  # queue positions: each instance reads an event's order this often
-    queue_concurrency: int = 8  # waiting-room requests one worker serves at once (the rest wait at a gate)
-    queue_max_loop_lag_ms: float = 10.0  # ... and none goes in while the worker's event loop runs this late
+    queue_concurrency: int = 2  # waiting-room requests one worker serves at once (the rest wait at a gate)
+    queue_max_loop_lag_ms: float = 50.0  # ... and none goes in while the worker's event loop runs this late
     queue_busy_seconds: float = 5.0  # a waiting-room request that waited this long at the gate: RATE_LIMITED
     host: str = "127.0.0.1"
     port: int = 8000
