@@ -24,17 +24,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
-
-from redis import asyncio as aioredis
+from typing import Any
 
 from bench import wsclient
 from bench.harness import (
-    REDIS_PREFIX,
-    REDIS_URL,
+    ChannelListener,
     Client,
     Server,
     body_of,
@@ -74,32 +71,15 @@ def worker_pids(server_pid: int, workers: int) -> list[int]:
     return [int(pid) for pid in children]
 
 
-class Commits:
+class Commits(ChannelListener):
     """Stamps each published version as it arrives from Redis (a proxy for its commit)."""
 
     def __init__(self) -> None:
+        super().__init__(CHANNEL)
         self.at: dict[int, float] = {}
-        self._client = aioredis.Redis.from_url(REDIS_URL)
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self._pubsub.subscribe(REDIS_PREFIX + CHANNEL)
-        self._task = asyncio.create_task(self._listen())
-
-    async def _listen(self) -> None:
-        while True:
-            message = await self._pubsub.get_message(timeout=1.0)
-            if message is not None:
-                self.at.setdefault(json.loads(message["data"])["version"], time.perf_counter())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._pubsub.aclose()
-        await self._client.aclose()
+    def on_message(self, body: Any, arrived: float) -> None:
+        self.at.setdefault(body["version"], arrived)
 
 
 async def run(args: argparse.Namespace) -> int:

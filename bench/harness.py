@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+from redis import asyncio as aioredis
 
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 # BENCH_DATABASE: a database of its own for a second benchmark running beside the first
@@ -210,6 +211,39 @@ def headers_for(token: str | None) -> dict[str, str]:
     if token:
         headers["Authorization"] = f"Bearer {token}"
     return headers
+
+
+class ChannelListener:
+    """Hears one of the server's Redis channels directly (its REDIS_PREFIX added) and hands
+    each message's JSON body and arrival time to `on_message`: a stamp taken as near the
+    publish as this process can be."""
+
+    def __init__(self, channel: str) -> None:
+        self._channel = REDIS_PREFIX + channel
+        self._client = aioredis.Redis.from_url(REDIS_URL)
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._task: asyncio.Task[None] | None = None
+
+    def on_message(self, body: Any, arrived: float) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        await self._pubsub.subscribe(self._channel)
+        self._task = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        while True:
+            message = await self._pubsub.get_message(timeout=1.0)
+            if message is not None:
+                self.on_message(json.loads(message["data"]), time.perf_counter())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._pubsub.aclose()
+        await self._client.aclose()
 
 
 class Client:

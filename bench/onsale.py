@@ -40,7 +40,6 @@ from typing import Any
 
 import asyncpg
 import jwt
-from redis import asyncio as aioredis
 
 from app.services.queue import LATE_RANK, queue_channel
 from bench import harness, wsclient
@@ -107,37 +106,18 @@ class Sale:
     polls_busy: int = 0               # myQueueTicket polls told RATE_LIMITED
 
 
-class QueueMessages:
+class QueueMessages(harness.ChannelListener):
     """Stamps, on arrival from Redis, each user's first admission message and the first sold out."""
 
     def __init__(self, sale: Sale) -> None:
+        super().__init__(queue_channel(sale.event_id))
         self.sale = sale
-        self._client = aioredis.Redis.from_url(harness.REDIS_URL)
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self._pubsub.subscribe(harness.REDIS_PREFIX + queue_channel(self.sale.event_id))
-        self._task = asyncio.create_task(self._listen())
-
-    async def _listen(self) -> None:
-        while True:
-            message = await self._pubsub.get_message(timeout=1.0)
-            if message is None:
-                continue
-            arrived, body = now(), json.loads(message["data"])
-            for user in body["users"]:
-                self.sale.published.setdefault(user, arrived)
-            if body["soldOut"] and self.sale.sold_out_published is None:
-                self.sale.sold_out_published = arrived
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._pubsub.aclose()
-        await self._client.aclose()
+    def on_message(self, body: Any, arrived: float) -> None:
+        for user in body["users"]:
+            self.sale.published.setdefault(user, arrived)
+        if body["soldOut"] and self.sale.sold_out_published is None:
+            self.sale.sold_out_published = arrived
 
 
 def held_per_worker(pids: list[int], port: int, client_ports: set[int]) -> list[int]:
