@@ -56,6 +56,7 @@ from app.resolvers.waitlist import WaitlistMutation, WaitlistQuery
 from app.schema.common import SCALARS
 from app.schema.cost import QueryCostLimit
 from app.schema.hooks import CachedHooksRunner
+from app.schema.inputs import compile_inputs
 from app.services.ratelimit import enforce
 from app.settings import Settings
 
@@ -340,5 +341,7 @@ def create_schema(settings: Settings, allow_list: Manifest | None = None) -> str
     ]
     if allow_list is not None:
         extensions.append(lambda: AllowListed(manifest=allow_list))
-    return BookMyEventSchema(query=Query, mutation=Mutation, subscription=Subscription,
-                             extensions=extensions, config=StrawberryConfig(scalar_map=SCALARS))
+    schema = BookMyEventSchema(query=Query, mutation=Mutation, subscription=Subscription,
+                               extensions=extensions, config=StrawberryConfig(scalar_map=SCALARS))
+    compile_inputs(schema)
+    return schema
