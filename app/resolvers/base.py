@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import strawberry
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import metrics
 from app.errors import DomainError, ErrorCode
@@ -27,37 +27,52 @@ async def run_mutation(
     *,
     limits: Sequence[Limit] = (),
     general_limit: bool = True,
+    batched: Callable[[], Awaitable[Payload | None]] | None = None,
 ) -> Payload:
     """Run `work` in one transaction, once the caller is within the general mutation limit
     (unless `general_limit` is off: a mutation with a budget of its own in `limits`) and
     `limits`, all counted in one round trip. On success commit, then publish what it recorded.
     A `DomainError` becomes the payload's `errors` (rolled back unless it asks to keep its
-    changes); anything else rolls back and surfaces as a masked server error."""
+    changes); anything else rolls back and surfaces as a masked server error.
+
+    `batched`, when given, goes first: work done in a transaction shared with other requests
+    (group commit, which commits and publishes by itself), or None where it does not apply.
+    Only then is a session opened for `work`: a request served by the batch has no use for
+    one (opening and committing an unused session was a tenth of a reserve's CPU)."""
     services = info.context.services
-    async with services.sessionmaker() as session:
-        try:
-            general = [(f"mutation:{info.context.caller_key}", services.settings.mutation_rate_limit_per_minute)]
-            await enforce(services.limiter, [*(general if general_limit else []), *limits])
+    session: AsyncSession | None = None
+    try:
+        general = [(f"mutation:{info.context.caller_key}", services.settings.mutation_rate_limit_per_minute)]
+        await enforce(services.limiter, [*(general if general_limit else []), *limits])
+        payload = await batched() if batched is not None else None
+        if payload is None:
+            session = services.sessionmaker()
             payload = await work(session)
             await session.commit()
-        except DomainError as error:
-            metrics.OPERATIONS.labels(info.field_name, error.code.value).inc()
-            if error.keep_changes:
-                await session.commit()
-                await services.broker.publish_all(outbox.take(session))
-            else:
-                await session.rollback()
-            return payload_type(errors=[UserError.from_domain(error)])
-        except IntegrityError:
-            await session.rollback()
-            # A valid token of a deleted account: its rows cannot reference the user. Asked only
-            # after such a failure, so the hot path pays no look-up for this rare case.
-            identity = info.context.identity
-            if identity is None or await session.get(User, identity.user_id) is not None:
-                raise
-            metrics.OPERATIONS.labels(info.field_name, ErrorCode.UNAUTHENTICATED.value).inc()
-            return payload_type(errors=[UserError.from_domain(DomainError(
-                ErrorCode.UNAUTHENTICATED, "This account no longer exists: sign in again"))])
+    except DomainError as error:
+        metrics.OPERATIONS.labels(info.field_name, error.code.value).inc()
+        if session is not None and error.keep_changes:
+            await session.commit()
+            await services.broker.publish_all(outbox.take(session))
+        return payload_type(errors=[UserError.from_domain(error)])
+    except IntegrityError:
+        # A valid token of a deleted account: its rows cannot reference the user. Asked only
+        # after such a failure, so the hot path pays no look-up for this rare case.
+        identity = info.context.identity
+        if identity is None or not await _account_gone(services.sessionmaker, identity.user_id):
+            raise
+        metrics.OPERATIONS.labels(info.field_name, ErrorCode.UNAUTHENTICATED.value).inc()
+        return payload_type(errors=[UserError.from_domain(DomainError(
+            ErrorCode.UNAUTHENTICATED, "This account no longer exists: sign in again"))])
+    finally:
+        if session is not None:
+            await session.close()  # rolls back whatever was not committed
     metrics.OPERATIONS.labels(info.field_name, "ok").inc()
-    await services.broker.publish_all(outbox.take(session))
+    if session is not None:
+        await services.broker.publish_all(outbox.take(session))
     return payload
+
+
+async def _account_gone(sessionmaker: async_sessionmaker[AsyncSession], user_id: int) -> bool:
+    async with sessionmaker() as session:
+        return await session.get(User, user_id) is None

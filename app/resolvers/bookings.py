@@ -81,29 +81,33 @@ class BookingQuery:
 class BookingMutation:
     @strawberry.mutation(description="Hold places: a PENDING booking that lapses at expiresAt.")
     async def reserve_seats(self, info: strawberry.Info, input: ReserveInput) -> ReservePayload:
-        async def work(session: AsyncSession) -> ReservePayload:
+        def request() -> tuple[int, bookings.HoldRequest]:
+            """The event and the hold asked for, checked in the contract's order."""
             identity = _partner_write(info, input.idempotency_key)
             event_id = parse_id(input.event_id, "eventId")
-            external_reference = _external_reference(input.external_reference)
-            booking = None
-            if input.seat_ids is None:  # general admission goes with whoever else buys the event now
-                booking = await info.context.services.batcher.reserve(event_id, bookings.HoldRequest(
-                    identity.user_id, input.quantity, input.idempotency_key, input.expected_version,
-                    external_reference))
-            if booking is None:
-                seat_ids = None
-                if input.seat_ids is not None:
-                    seat_ids = [parse_id(seat_id, "seatIds") for seat_id in input.seat_ids]
-                booking = await bookings.reserve(
-                    session, user_id=identity.user_id, event_id=event_id, quantity=input.quantity,
-                    seat_ids=seat_ids, idempotency_key=input.idempotency_key,
-                    expected_version=input.expected_version, holds=info.context.services.hold_times,
-                    external_reference=external_reference)
+            return event_id, bookings.HoldRequest(identity.user_id, input.quantity, input.idempotency_key,
+                                                  input.expected_version, _external_reference(input.external_reference))
+
+        async def batched() -> ReservePayload | None:
+            """General admission goes with whoever else buys the event now (None: seated)."""
+            if input.seat_ids is not None:
+                return None
+            booking = await info.context.services.batcher.reserve(*request())
+            return None if booking is None else ReservePayload(booking=Booking.from_model(booking))
+
+        async def work(session: AsyncSession) -> ReservePayload:
+            event_id, hold = request()
+            seat_ids = None if input.seat_ids is None else [parse_id(seat_id, "seatIds") for seat_id in input.seat_ids]
+            booking = await bookings.reserve(
+                session, user_id=hold.user_id, event_id=event_id, quantity=hold.quantity, seat_ids=seat_ids,
+                idempotency_key=hold.idempotency_key, expected_version=hold.expected_version,
+                holds=info.context.services.hold_times, external_reference=hold.external_reference)
             return ReservePayload(booking=Booking.from_model(booking))
+
         identity = info.context.identity
         limits = [(f"reserve:{identity.user_id}", info.context.settings.reserve_rate_limit_per_minute)] \
             if identity else []
-        return await run_mutation(info, ReservePayload, work, limits=limits)
+        return await run_mutation(info, ReservePayload, work, limits=limits, batched=batched)
 
     @strawberry.mutation(description="Pay for a hold and get tickets.")
     async def confirm_booking(self, info: strawberry.Info, input: ConfirmInput) -> ConfirmPayload:
