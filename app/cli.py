@@ -84,6 +84,8 @@ def share_metrics_between_workers(port: int) -> None:
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    import app.workers
+
     settings.check()
     migrate(settings)
     workers = settings.workers
@@ -101,11 +103,15 @@ def serve(settings: Settings) -> None:
     # No per-message deflate: it costs memory on every websocket, and updates are small.
     # X-Forwarded-For is believed only from TRUSTED_PROXIES: from anyone else it is a header
     # the client wrote, and per-address limits would count whatever address it names.
-    uvicorn.run("app.web:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=workers, ws_per_message_deflate=False, ws_max_size=MAX_WEBSOCKET_FRAME,
-                http="app.http_protocol:TimedHttpToolsProtocol",
-                proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies,
-                log_config=logging_config(json_lines=settings.production), access_log=False)
+    options = dict(factory=True, host=settings.host, port=settings.port, workers=workers,
+                   ws_per_message_deflate=False, ws_max_size=MAX_WEBSOCKET_FRAME,
+                   http="app.http_protocol:TimedHttpToolsProtocol",
+                   proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies,
+                   log_config=logging_config(json_lines=settings.production), access_log=False)
+    if workers > 1 and app.workers.SPREADS_CONNECTIONS:  # each worker accepts on its own socket
+        app.workers.run(uvicorn.Config("app.web:create_app", **options))
+    else:
+        uvicorn.run("app.web:create_app", **options)
 
 
 def schema_sdl() -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,65 @@ async def test_event_sales_for_admins(gql: GraphQLClient, settings: Settings,
                      "cancellations": 1, "expiredHolds": 0, "waitlistLength": 0}
     refused = await gql.raw(query, {"id": str(event.id)}, buyer.token)
     assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+
+
+def tcp_sockets_of(pid: int, port: int) -> dict[str, int]:
+    """The process's TCP sockets on local `port` (IPv4), counted by state: LISTEN, ESTABLISHED..."""
+    names = {"01": "ESTABLISHED", "0A": "LISTEN"}
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    counts: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[9] in inodes:
+            state = names.get(fields[3], fields[3])
+            counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+async def test_each_worker_accepts_on_its_own_socket_and_new_connections_spread_evenly(
+        postgres_database: str, redis_url: str, tmp_path: Path) -> None:
+    """app/workers.py: with one shared listening socket, whichever worker was idle took a burst
+    of new connections (up to two thirds of 2,000 on one of two workers). Each worker listens
+    on a socket of its own (SO_REUSEPORT) and the kernel spreads connections by address hash."""
+    server = AppProcess(database_url=postgres_database, redis_url=redis_url, log_path=tmp_path / "server.log",
+                        env={"WORKERS": "2"})
+    try:
+        await server.start()
+        assert server.process is not None
+        supervisor = server.process.pid
+
+        def workers() -> list[int]:
+            return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+                    if _parent_of(stat) == supervisor and tcp_sockets_of(int(stat.parent.name), server.port)]
+
+        async with asyncio.timeout(STARTUP_TIMEOUT):  # the second worker may still be starting
+            while len(workers()) < 2:
+                await asyncio.sleep(0.1)
+        assert [tcp_sockets_of(pid, server.port).get("LISTEN") for pid in workers()] == [1, 1]
+        assert "LISTEN" not in tcp_sockets_of(supervisor, server.port)  # bound only, to hold the port
+        connections = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(200)]
+        try:
+            async with asyncio.timeout(MESSAGE_TIMEOUT):
+                while sum(tcp_sockets_of(pid, server.port).get("ESTABLISHED", 0) for pid in workers()) < 200:
+                    await asyncio.sleep(0.05)
+            shares = sorted(tcp_sockets_of(pid, server.port).get("ESTABLISHED", 0) for pid in workers())
+            assert shares[0] >= 50, shares  # an even hash gives 100 each, give or take 7
+        finally:
+            for _, writer in connections:
+                writer.close()
+    finally:
+        await server.stop()
+
+
+def _parent_of(stat: Path) -> int | None:
+    with contextlib.suppress(OSError):
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    return None
 
 
 async def test_metrics_add_up_every_worker(postgres_database: str, redis_url: str, tmp_path: Path) -> None:
