@@ -8,7 +8,8 @@ and buyers through GraphQL, then runs:
 
   a. seed       25 buyers x 2 places against 100 places, released at once (3 rounds)
   b. burst      2,000 buyers x 1 place against 500 places, all released at once (also --quick):
-                all answered, exactly 500 sold (in the database), p50/p99 from the release
+                all answered, exactly 500 sold (in the database), p50/p99 from the release;
+                then the same burst of `{ __typename }` (its floor: the stack alone)
   b. flash      2,000 buyers x 1 place against 500 places, open loop at a fixed arrival rate;
                 latency from the intended send time; oversell checked in the database.
                 Run at --rate and at --sat-fraction (70%) of the measured reserve saturation.
@@ -554,6 +555,24 @@ class Bench:
                                     f"{len(results) - sum(faults.values())} answered, {check['taken']} sold, "
                                     f"p99 {summary.p99:.0f} ms"))
         self.log(f"{label}: {dict(codes)}, p99 {summary.p99:.0f} ms, db {check}")
+        await self.burst_floor(summary)
+
+    async def burst_floor(self, reserves: Summary) -> None:
+        """The same burst of `{ __typename }`: what the HTTP and GraphQL stack alone take to
+        answer that many requests at once on this machine, in the same run (the burst's floor)."""
+        n = self.args.burst_buyers
+        label = f"b. burst floor: {n} x {{ __typename }} at once"
+        async with Client(self.base, n, timeout=self.args.phase_timeout) as client:
+            results = await self._released_at_once(client, self.buyers[:n], body_of(TRIVIAL),
+                                                   f"b. burst floor {n} at once")
+        codes = Counter(o.code for o, _ in results)
+        summary = Summary.of(t for _, t in results)
+        self.report.data["burst_floor"] = {"requests": n, "codes": dict(codes), "latency_ms": summary.as_dict()}
+        if codes["OK"] != n:
+            self.report.faults.append(f"{label}: {dict(codes)}")
+        self.report.rows.append(Row(label, f"{codes['OK']}/{n} ok", None, summary,
+                                    f"the reserve burst's p99 is {reserves.p99 / summary.p99:.2f} x this one's"))
+        self.log(f"{label}: p99 {summary.p99:.0f} ms")
 
     # --- b. flash sale --------------------------------------------------------------------
 
