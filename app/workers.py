@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 from typing import Any
 
 import uvicorn
@@ -23,7 +24,9 @@ from uvicorn.supervisors import Multiprocess
 
 logger = logging.getLogger("uvicorn.error")
 
-SPREADS_CONNECTIONS = hasattr(socket, "SO_REUSEPORT") and socket.SO_REUSEPORT > 0
+# Linux balances a port's SO_REUSEPORT listeners by hash; elsewhere (the BSDs, macOS) the
+# option lets sockets share a port without spreading connections: one shared socket it is.
+SPREADS_CONNECTIONS = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
 class PerWorkerSocket(socket.socket):
