@@ -469,31 +469,40 @@ class Bench:
 
     # --- a. seed ----------------------------------------------------------------------------
 
-    async def _released_at_once(self, client: Client, buyers: list[Buyer], body: bytes,
+    async def _released_at_once(self, buyers: list[Buyer], body: bytes, field: str = "reserveSeats",
                                 phase: str | None = None) -> list[tuple[Outcome, float]]:
-        """Every buyer parked at a gate on a warm connection of `client`, then all released
-        at once; (outcome, latency from the release) per buyer, CPU counted as `phase`."""
-        await client.warm(len(buyers))
-        gate = asyncio.Event()
-        start = 0.0
+        """Every buyer on a keep-alive connection of its own (`harness.Connection`), warmed
+        by one `{ __typename }`, parked at a gate, then all released at once; (outcome,
+        latency from the release) per buyer, CPU counted as `phase`."""
+        connections = await asyncio.wait_for(asyncio.gather(
+            *(harness.Connection.open(self.host, self.port) for _ in buyers)), self.args.phase_timeout)
+        try:
+            warm = body_of(TRIVIAL)
+            await asyncio.wait_for(asyncio.gather(*(c.send(c.request(warm, headers_for(None)), "__typename")
+                                                    for c in connections)), self.args.phase_timeout)
+            gate = asyncio.Event()
+            start = 0.0
 
-        async def one(buyer: Buyer) -> tuple[Outcome, float]:
-            await gate.wait()
-            outcome = await client.call(body, buyer.headers, "reserveSeats")
-            return outcome, now() - start
+            async def one(connection: harness.Connection, buyer: Buyer) -> tuple[Outcome, float]:
+                request = connection.request(body, buyer.headers)
+                await gate.wait()
+                outcome = await connection.send(request, field)
+                return outcome, now() - start
 
-        tasks = [asyncio.create_task(one(b)) for b in buyers]
-        await asyncio.sleep(0.05)  # every task is parked at the gate
-        async with self.cpu(phase) if phase else contextlib.nullcontext():
-            start = now()
-            gate.set()
-            return await asyncio.wait_for(asyncio.gather(*tasks), self.args.phase_timeout)
+            tasks = [asyncio.create_task(one(c, b)) for c, b in zip(connections, buyers, strict=True)]
+            await asyncio.sleep(0.05)  # every task is parked at the gate
+            async with self.cpu(phase) if phase else contextlib.nullcontext():
+                start = now()
+                gate.set()
+                return await asyncio.wait_for(asyncio.gather(*tasks), self.args.phase_timeout)
+        finally:
+            for connection in connections:
+                connection.close()
 
     async def _seed_round(self, event_id: str) -> list[tuple[Outcome, float]]:
         """25 buyers x 2 places released at once; latency from the release."""
         body = body_of(RESERVE, {"input": {"eventId": event_id, "quantity": 2}})
-        async with Client(self.base, 25) as client:
-            return await self._released_at_once(client, self.buyers[:25], body)
+        return await self._released_at_once(self.buyers[:25], body)
 
     async def seed(self) -> None:
         latencies: list[float] = []
@@ -534,8 +543,7 @@ class Bench:
             event_id = await self._event(client, self.venue_id, "burst", places, 100 + len(self.report.rows))
         body = body_of(RESERVE, {"input": {"eventId": event_id, "quantity": 1}})
         await self.vacuum()
-        async with Client(self.base, n, timeout=args.phase_timeout) as client:
-            results = await self._released_at_once(client, self.buyers[:n], body, f"b. burst {n} at once")
+        results = await self._released_at_once(self.buyers[:n], body, phase=f"b. burst {n} at once")
         check = await self.inventory_check(event_id)
         codes = Counter(o.code for o, _ in results)
         faults = {c: k for c, k in codes.items() if c != "OK" and c not in harness.REAL_REASONS}
@@ -562,9 +570,8 @@ class Bench:
         answer that many requests at once on this machine, in the same run (the burst's floor)."""
         n = self.args.burst_buyers
         label = f"b. burst floor: {n} x {{ __typename }} at once"
-        async with Client(self.base, n, timeout=self.args.phase_timeout) as client:
-            results = await self._released_at_once(client, self.buyers[:n], body_of(TRIVIAL),
-                                                   f"b. burst floor {n} at once")
+        results = await self._released_at_once(self.buyers[:n], body_of(TRIVIAL), "__typename",
+                                                f"b. burst floor {n} at once")
         codes = Counter(o.code for o, _ in results)
         summary = Summary.of(t for _, t in results)
         self.report.data["burst_floor"] = {"requests": n, "codes": dict(codes), "latency_ms": summary.as_dict()}
