@@ -9,6 +9,8 @@ import jwt
 import pytest
 
 from app.models import utcnow
+from app.services import accounts
+from app.settings import Settings
 from tests.conftest import JWT_SECRET, GraphQLClient
 
 REGISTER = """mutation($input: RegisterInput!) { register(input: $input) {
@@ -109,6 +111,20 @@ async def test_a_token_accepted_before_is_refused_once_it_expires(gql: GraphQLCl
     await asyncio.sleep(max(0.0, (now + timedelta(seconds=1.2) - utcnow()).total_seconds()))
     response = await gql.http.post("/graphql", json={"query": ME}, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
+
+
+def test_remembered_tokens_are_bounded_and_the_oldest_go_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full cache drops its oldest token, not everything: the buyers of a big sale would
+    otherwise all pay the signature check again at the same moment."""
+    monkeypatch.setattr(accounts, "VERIFIED_TOKENS_KEPT", 3)
+    monkeypatch.setattr(accounts, "_verified", {})
+    settings = Settings(jwt_secret=JWT_SECRET)
+    now = utcnow()
+    tokens = [jwt.encode({"sub": str(user_id), "role": "USER", "typ": "access", "iat": now,
+                          "exp": now + timedelta(minutes=5)}, JWT_SECRET, algorithm="HS256") for user_id in range(5)]
+    for token in tokens:
+        assert accounts.decode_access_token(token, settings).user_id == tokens.index(token)
+    assert [token for token, _ in accounts._verified] == tokens[2:]
 
 
 async def test_forged_expired_and_unsigned_tokens_are_unauthenticated(gql: GraphQLClient) -> None:
